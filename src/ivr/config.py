@@ -1,0 +1,289 @@
+"""Run configuration: frozen dataclasses, loaded from YAML plus ``section.key=value`` overrides.
+
+One ``Config`` describes a whole run (SFT, GRPO, IVR-R1 or a baseline). It is validated once, when
+loaded, with messages that name the key and the file, and never mutated afterwards: a stage that
+needs a variant builds one with ``dataclasses.replace``. Defaults are the papers' settings
+(IVR-R1 appendix A.1 unless noted); ``configs/*.yaml`` hold the recipes.
+
+    cfg = load_config("configs/grpo_tiny.yaml", ["algo.beta=0.04", "ivr.enabled=true"])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with the offending key and where it came from."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    path: str = ""  # HF model directory (a local checkpoint; nothing is downloaded)
+    dtype: str = "float32"  # float32 | bfloat16 | float16
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    attn_implementation: str | None = None
+    min_pixels: int | None = None
+    max_pixels: int | None = None
+    gradient_checkpointing: bool = False
+    lora_rank: int = 0  # 0 = full fine-tuning
+    lora_alpha: int = 32
+    freeze_vision: bool = False
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    train: str = ""  # dataset dir, .jsonl or .parquet (see docs/synth.md for the schema)
+    eval: str | None = None
+    train_split: str = "train"
+    eval_split: str = "test"
+    eval_limit: int | None = None
+    on_error: str = "raise"  # raise | skip: what a malformed row does
+    prompts: str | None = None  # YAML overriding data/prompts.py
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    group_size: int = 8  # G (IVR-R1 A.1)
+    temperature: float = 1.0
+    top_p: float = 0.99
+    max_new_tokens: int = 512
+    backend: str = "hf"  # hf | vllm
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    format_weight: float = 0.1  # λ in r = λ·r_format + (1−λ)·r_acc (IVR-R1 A.1)
+    localization: bool = True  # Vision-R1 criteria-driven reward for rows with boxes
+    loc_switch_at: float = 0.5  # Vision-R1 staged progression STEP (1.0 = never switch)
+    self_reward_weight: float = 0.0  # Vision-SR1 baseline: + w·acc(answer from <desc> alone)
+
+
+@dataclass(frozen=True)
+class AlgoConfig:
+    name: str = "grpo"  # label only: grpo | dapo | dr_grpo | ivr | …
+    lr: float = 1e-6
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    lr_schedule: str = "constant"  # constant | cosine
+    max_grad_norm: float = 1.0
+    beta: float = 0.0  # KL weight to the reference model (k3)
+    clip_low: float = 0.2
+    clip_high: float = 0.2  # DAPO clip-higher: 0.28
+    scale_advantages: bool = True  # False = Dr.GRPO (no std division)
+    aggregation: str = "token"  # token | sequence | dr_grpo
+    ppo_epochs: int = 1  # μ: optimisation passes per batch
+    minibatch_size: int = 0  # sequences per optimiser step; 0 = the whole batch
+    micro_batch_size: int = 8  # sequences per forward (gradient accumulation)
+
+
+@dataclass(frozen=True)
+class IVRConfig:
+    enabled: bool = False
+    tau: float = 0.5  # τ: screening threshold, r < τ = failed (IVR-R1 §3.2)
+    k: int = 2  # critiqued failures per group (ablations 1, 4)
+    rounds: int = 3  # T: re-reasoning rounds (paper Fig. 5)
+    shaping: bool = True  # policy shaping on off-policy tokens (eq. 3.7)
+    gamma: float = 0.1  # γ in f(p) = p/(p+γ) (LUFFY)
+    context: str = "image"  # image | description (paper §5.2)
+    critique_max_new_tokens: int = 256
+    critique_temperature: float = 1.0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    output_dir: str = "runs/ivr"
+    seed: int = 0
+    steps: int = 0  # 0 = one epoch over the training set
+    prompts_per_step: int = 16
+    save_every: int = 50
+    eval_every: int = 0  # 0 = never during training
+    resume: bool = False
+    threads: int = 0  # torch CPU threads; 0 = leave torch's default
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    jsonl: bool = True
+    tensorboard: bool = True
+    wandb: bool = False
+    wandb_project: str = "ivr"
+    samples_per_step: int = 4  # completions saved per step for inspection
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    ivr: IVRConfig = field(default_factory=IVRConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_CHOICES = {
+    "model.dtype": {"float32", "bfloat16", "float16"},
+    "data.on_error": {"raise", "skip"},
+    "rollout.backend": {"hf", "vllm"},
+    "algo.lr_schedule": {"constant", "cosine"},
+    "algo.aggregation": {"token", "sequence", "dr_grpo"},
+    "ivr.context": {"image", "description"},
+}
+
+
+def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
+    """Check ``value`` against the annotated type; YAML ints are accepted where floats are."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where}: `{key}` = {value!r} should be {tp}")
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is bool and not isinstance(value, bool):
+        raise ConfigError(f"{where}: `{key}` = {value!r} should be true or false")
+    if tp is int and isinstance(value, bool):
+        raise ConfigError(f"{where}: `{key}` = {value!r} should be an integer")
+    if isinstance(tp, type) and not isinstance(value, tp):
+        name = getattr(tp, "__name__", str(tp))
+        raise ConfigError(f"{where}: `{key}` = {value!r} should be of type {name}")
+    return value
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str, where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        key = f"{prefix}{unknown[0]}"
+        raise ConfigError(f"{where}: unknown key `{key}`; known keys here: {sorted(known)}")
+    kwargs = {}
+    for name, value in data.items():
+        tp = hints[name]
+        key = f"{prefix}{name}"
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: `{key}` should be a mapping of {tp.__name__} fields")
+            kwargs[name] = _build(tp, value, f"{key}.", where)
+        else:
+            kwargs[name] = _coerce(value, tp, key, where)
+    return cls(**kwargs)
+
+
+def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = data
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override `{dotted}`: `{part}` is not a section")
+    node[parts[-1]] = value
+
+
+def validate(cfg: Config, where: str = "config") -> Config:
+    """Cross-field checks that types alone cannot express."""
+    flat = {f"{s}.{k}": v for s, sec in cfg.to_dict().items() for k, v in sec.items()}
+    for key, allowed in _CHOICES.items():
+        if flat[key] not in allowed:
+            raise ConfigError(
+                f"{where}: `{key}` = {flat[key]!r}; expected one of {sorted(allowed)}"
+            )
+    checks = [
+        ("rollout.group_size", cfg.rollout.group_size >= 1, "must be ≥ 1"),
+        ("rollout.temperature", cfg.rollout.temperature >= 0, "must be ≥ 0"),
+        ("rollout.top_p", 0 < cfg.rollout.top_p <= 1, "must be in (0, 1]"),
+        ("reward.format_weight", 0 <= cfg.reward.format_weight <= 1, "must be in [0, 1]"),
+        ("reward.loc_switch_at", 0 <= cfg.reward.loc_switch_at <= 1, "must be in [0, 1]"),
+        ("algo.lr", cfg.algo.lr >= 0, "must be ≥ 0"),
+        ("algo.beta", cfg.algo.beta >= 0, "must be ≥ 0"),
+        ("algo.clip_low", 0 <= cfg.algo.clip_low < 1, "must be in [0, 1)"),
+        ("algo.clip_high", cfg.algo.clip_high >= 0, "must be ≥ 0"),
+        ("algo.ppo_epochs", cfg.algo.ppo_epochs >= 1, "must be ≥ 1"),
+        ("algo.micro_batch_size", cfg.algo.micro_batch_size >= 1, "must be ≥ 1"),
+        ("ivr.k", cfg.ivr.k >= 1, "must be ≥ 1"),
+        ("ivr.rounds", cfg.ivr.rounds >= 1, "must be ≥ 1"),
+        ("ivr.gamma", cfg.ivr.gamma > 0, "must be > 0"),
+        ("train.prompts_per_step", cfg.train.prompts_per_step >= 1, "must be ≥ 1"),
+        ("train.save_every", cfg.train.save_every >= 0, "must be ≥ 0"),
+    ]
+    for key, ok, why in checks:
+        if not ok:
+            raise ConfigError(f"{where}: `{key}` = {flat[key]!r} {why}")
+    batch = cfg.train.prompts_per_step * cfg.rollout.group_size
+    if cfg.algo.minibatch_size and batch % cfg.algo.minibatch_size:
+        raise ConfigError(
+            f"{where}: `algo.minibatch_size` = {cfg.algo.minibatch_size} must divide the batch of "
+            f"train.prompts_per_step × rollout.group_size = {batch} sequences"
+        )
+    return cfg
+
+
+def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """``["algo.beta=0.04", "ivr.enabled=true"]`` → nested dict; values parsed as YAML scalars."""
+    data: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override `{item}` should look like section.key=value")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override `{item}`: value is not valid YAML ({e})") from None
+        _set_path(data, key.strip(), value)
+    return data
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> Config:
+    """Read a YAML recipe (or start from defaults), apply overrides, validate once."""
+    data: dict[str, Any] = {}
+    where = "config"
+    if path is not None:
+        path = Path(path)
+        where = str(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML ({e})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: top level should be a mapping of sections")
+    if overrides:
+        data = _merge(data, parse_overrides(overrides))
+        where = f"{where} (with overrides)"
+    return validate(_build(Config, data, "", where), where)
+
+
+def dump_config(cfg: Config, path: str | Path) -> None:
+    """Write the resolved config next to a run, so it can be reloaded with ``load_config``."""
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

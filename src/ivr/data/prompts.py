@@ -1,0 +1,101 @@
+"""Every prompt the method uses, in one place (IVR-R1 paper, appendix A.3).
+
+The paper's prompt texts were lost in extraction, so these are ours. They are deliberately short:
+the same strings are used to write the cold-start demonstrations (``data/synth.py``), to sample
+answers, and to drive the re-reasoning loop (``rl/rectify.py``), so a tiny model trained from
+scratch sees exactly what it will be asked at RL time. Users override any of them with a YAML
+file (``ivr.prompts: path.yaml``) holding the same keys.
+
+Placeholders: ``{question}``, ``{response}`` (a previous answer), ``{critique}``,
+``{description}`` (scene text, used instead of the image in the paper's §5.2 ablation).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+import yaml
+
+from ..types import Prompt
+
+#: Appended to every question: the paper's `<desc>` → `<think>` → `\boxed{}` answer format.
+ANSWER = (
+    "{question}\n"
+    "First describe the image in <desc></desc>, then reason step by step in <think></think>, "
+    "then give the final answer in \\boxed{{}}."
+)
+
+#: Visual erosion localization (paper §3.2, step 2): the policy re-reads the image and names the
+#: first step where the previous answer contradicts it.
+CRITIQUE = (
+    "{question}\n"
+    "A previous answer was:\n{response}\n"
+    "This answer is wrong. Look at the image again and find the first step that contradicts "
+    "the image. Say what the answer claims and what the image really shows."
+)
+
+#: Automated trajectory rectification (paper §3.2, step 3): a standalone answer in the same
+#: format, so the accepted trace can be trained as a response to the original prompt.
+RECTIFY = (
+    "{question}\n"
+    "A previous answer was:\n{response}\n"
+    "Critique: {critique}\n"
+    "Answer the question again from scratch. First describe the image in <desc></desc>, then "
+    "reason step by step in <think></think>, then give the final answer in \\boxed{{}}."
+)
+
+#: The paper's §5.2 ablation: the image is replaced by a textual description of the scene.
+DESCRIPTION_CONTEXT = "Scene: {description}\n"
+
+#: Vision-SR1-style self-reward: the policy must answer from its own description alone.
+DESCRIPTION_ONLY_ANSWER = (
+    "Scene: {description}\n{question}\n"
+    "Answer from the scene description only. Give the final answer in \\boxed{{}}."
+)
+
+
+@dataclass(frozen=True)
+class PromptSet:
+    """The prompt texts as one value, so a run can log and override them together."""
+
+    answer: str = ANSWER
+    critique: str = CRITIQUE
+    rectify: str = RECTIFY
+    description_context: str = DESCRIPTION_CONTEXT
+    description_only_answer: str = DESCRIPTION_ONLY_ANSWER
+
+    @classmethod
+    def load(cls, path: str | Path | None) -> PromptSet:
+        """The defaults, with the keys of the YAML file at ``path`` (if any) replacing them."""
+        if path is None:
+            return cls()
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"prompt file not found: {path}")
+        data = yaml.safe_load(path.read_text()) or {}
+        known = {f.name for f in fields(cls)}
+        if not isinstance(data, dict) or set(data) - known:
+            bad = sorted(set(data) - known) if isinstance(data, dict) else data
+            raise ValueError(f"{path}: unknown prompt keys {bad}; expected some of {sorted(known)}")
+        return replace(cls(), **{k: str(v) for k, v in data.items()})
+
+
+def user_prompt(
+    text: str,
+    images: tuple = (),
+    *,
+    description: str | None = None,
+    description_template: str = DESCRIPTION_CONTEXT,
+) -> Prompt:
+    """A one-turn chat: image placeholders first, then the text (Qwen-VL convention).
+
+    With ``description`` the images are dropped and the scene text is put in their place — the
+    rectification context of the paper's §5.2 ablation.
+    """
+    if description is not None:
+        scene = description_template.format(description=description)
+        content = [{"type": "text", "text": scene + text}]
+        return Prompt(messages=({"role": "user", "content": content},), images=())
+    content = [{"type": "image"} for _ in images] + [{"type": "text", "text": text}]
+    return Prompt(messages=({"role": "user", "content": content},), images=tuple(images))

@@ -1,0 +1,102 @@
+"""Atomic checkpoints that make a killed run resumable with nothing lost.
+
+A checkpoint is a directory ``checkpoints/step_000050/`` holding the model (``save_pretrained``,
+so it is also a loadable HF model for ``ivr eval``), the optimizer and scheduler states, every RNG
+state, and ``trainer_state.json`` (step, data position, config). It is written to a temporary
+directory and renamed into place, and ``checkpoints/latest`` is replaced atomically afterwards, so
+a kill at any instant leaves either the previous checkpoint or the new one — never half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def rng_state() -> dict[str, Any]:
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def save_checkpoint(
+    root: str | Path,
+    step: int,
+    *,
+    model: torch.nn.Module,
+    processor: Any,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    state: dict[str, Any],
+    keep: int = 2,
+) -> Path:
+    """Write ``root/step_{step:06d}`` atomically and point ``root/latest`` at it."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step_{step:06d}"
+    tmp = root / f".tmp_step_{step:06d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    model.save_pretrained(tmp)
+    if processor is not None:
+        processor.save_pretrained(tmp)
+    torch.save(
+        {
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng": rng_state(),
+        },
+        tmp / "training_state.pt",
+    )
+    (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **state}, indent=1))
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    _write_text_atomic(root / "latest", final.name)
+    for old in sorted(root.glob("step_*"))[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def latest_checkpoint(root: str | Path) -> Path | None:
+    """The checkpoint ``latest`` points at, or None when the run has none yet."""
+    pointer = Path(root) / "latest"
+    if not pointer.is_file():
+        return None
+    path = Path(root) / pointer.read_text().strip()
+    if not (path / "trainer_state.json").is_file():
+        raise FileNotFoundError(f"{pointer} points at {path}, which is not a complete checkpoint")
+    return path
+
+
+def load_training_state(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(trainer_state.json, {optimizer, scheduler, rng}) of a checkpoint directory."""
+    path = Path(path)
+    meta = json.loads((path / "trainer_state.json").read_text())
+    blobs = torch.load(path / "training_state.pt", weights_only=False)
+    return meta, blobs

@@ -1,0 +1,103 @@
+"""One reward for a (sample, completion) pair, shared by the trainer, the IVR loop and eval.
+
+Text tasks (IVR-R1 A.1): r = λ·r_format + (1−λ)·r_acc, in [0, 1].
+Localization tasks (rows with ``answer_type == "boxes"``; Vision-R1 §3.2–3.3): r = dual format +
+recall + precision, in [0, 3], with the staged thresholds driven by training progress.
+User rewards (TRL-style callables) are added with their weights; ``None`` from one of them means
+"not applicable" and adds nothing.
+
+``correct`` is what IVR-R1 screens on (r < τ = "the answer is wrong"): for text tasks it is the
+answer being right; localization rows are never sent to the re-reasoning loop (the paper's loop is
+defined for reasoning traces, not box lists) and their ``correct`` is None.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..rewards import LocalizationConfig, accuracy_reward, format_reward, score_localization
+from ..types import Sample
+
+RewardFn = Callable[..., list[float | None]]
+
+
+@dataclass(frozen=True)
+class Score:
+    reward: float
+    components: dict[str, float]
+    correct: bool | None  # None: not a graded text task (localization)
+
+
+@dataclass(frozen=True)
+class Scorer:
+    """Callable ``scorer(samples, completions, progress) -> list[Score]`` (one Score per pair)."""
+
+    format_weight: float = 0.1
+    localization: LocalizationConfig | None = None
+    extra: tuple[tuple[RewardFn, float], ...] = field(default_factory=tuple)
+
+    def __call__(
+        self, samples: Sequence[Sample], completions: Sequence[str], progress: float = 0.0
+    ) -> list[Score]:
+        if len(samples) != len(completions):
+            raise ValueError(f"{len(samples)} samples but {len(completions)} completions")
+        scores = [self._one(s, c, progress) for s, c in zip(samples, completions)]
+        if not self.extra:
+            return scores
+        columns = _columns(samples)
+        for fn, weight in self.extra:
+            name = getattr(fn, "__name__", "extra")
+            values = fn(list(completions), progress=progress, **columns)
+            if len(values) != len(scores):
+                raise ValueError(f"reward {name} returned {len(values)} values for {len(scores)}")
+            for i, v in enumerate(values):
+                if v is None:
+                    continue
+                comps = {**scores[i].components, name: float(v)}
+                # NaN propagates on purpose: the trainer drops the group and counts it.
+                scores[i] = Score(scores[i].reward + weight * float(v), comps, scores[i].correct)
+        return scores
+
+    def _one(self, sample: Sample, completion: str, progress: float) -> Score:
+        if sample.answer_type == "boxes":
+            size = sample.image_size
+            result = score_localization(
+                completion,
+                [list(b) for b in sample.boxes or ()],
+                image_size=tuple(size) if size else None,
+                input_size=sample.extra.get("input_size"),
+                progress=progress,
+                gt_labels=list(sample.labels) if sample.labels else None,
+                config=self.localization,
+            )
+            comps = {
+                f"loc_{k}": float(result[k]) for k in ("format", "recall", "precision", "total")
+            }
+            return Score(float(result["total"]), comps, None)
+        cols = sample.columns()
+        acc = accuracy_reward(
+            [completion],
+            [cols["answer"]],
+            choices=[cols["choices"]],
+            answer_type=[cols["answer_type"]],
+            precision=[cols["precision"]],
+            unit=[cols["unit"]],
+        )[0]
+        acc = 0.0 if acc is None else float(acc)
+        fmt = float(format_reward([completion])[0] or 0.0)
+        lam = self.format_weight
+        reward = lam * fmt + (1.0 - lam) * acc
+        return Score(reward, {"accuracy": acc, "format": fmt}, acc >= 1.0)
+
+
+def _columns(samples: Sequence[Sample]) -> dict[str, list[Any]]:
+    rows = [s.columns() for s in samples]
+    keys = sorted({k for r in rows for k in r})
+    return {k: [r.get(k) for r in rows] for k in keys}
+
+
+def is_finite(score: Score) -> bool:
+    return math.isfinite(score.reward)

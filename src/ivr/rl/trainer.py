@@ -1,0 +1,586 @@
+"""The GRPO / IVR-R1 training loop.
+
+One step, top to bottom (each phase timed and logged as ``time/<phase>``):
+
+    1. prompts      next ``prompts_per_step`` samples of a seeded per-epoch shuffle (per rank)
+    2. rollout      G samples per prompt, temperature/top_p from the config, image tokens banned
+    3. reward       r = λ·format + (1−λ)·accuracy, or the Vision-R1 reward for box tasks
+    4. self-reward  (Vision-SR1 baseline, optional) + w·acc(answer from the <desc> alone)
+    5. rectify      (IVR-R1, optional) failed rollouts critiqued + rectified with the image,
+                    accepted ones replace them off-policy (rl/rectify.py)
+    6. advantages   over each (mixed) group; groups whose reward is NaN are dropped and counted
+    7. update       μ passes × minibatches × micro-batches; clipped surrogate on sampled tokens,
+                    policy shaping on rectified ones, k3 KL to the frozen reference if β > 0
+    8. log / save   metrics (JSONL, TensorBoard, wandb), samples and traces, atomic checkpoint
+
+What is really implemented, and why:
+- ``old_logprobs`` are the sampling log-probabilities returned by ``generate`` (π_θold is the
+  policy that sampled). They are exact up to float error (tested to 1e-4), so no extra forward is
+  spent on them; μ > 1 reuses them too, which is what PPO prescribes.
+- The training forward divides logits by the sampling temperature, so ρ = 1 at the first pass.
+- Token aggregation is over the whole minibatch (all ranks): each micro-batch loss is re-weighted
+  by its share of the minibatch's tokens (or sequences) and gradients are summed across ranks.
+- Multi-process (``accelerate launch``): every rank samples its own prompts and keeps its groups;
+  gradients are all-reduced by hand (no DDP wrapper, so ``generate`` runs on the plain module).
+- Determinism: every step reseeds from (seed, step), so a run killed and resumed from a checkpoint
+  samples and updates exactly as an uninterrupted one (tested on CPU).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+import warnings
+from collections.abc import Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..config import Config, dump_config
+from ..data.dataset import load_samples
+from ..data.images import load_image
+from ..data.prompts import PromptSet, user_prompt
+from ..models.policy import Policy
+from ..rewards import LocalizationConfig
+from ..tracking import Tracker
+from ..types import Generation, Group, Prompt, Rollout, Sample
+from . import checkpoint as ckpt
+from .advantages import group_advantages
+from .losses import policy_loss
+from .scoring import RewardFn, Scorer
+
+
+def question_prompt(sample: Sample, images: Sequence[Any], prompts: PromptSet) -> Prompt:
+    """The ORIGINAL prompt of a sample: box tasks carry their own output instruction (Vision-R1
+    JSON); every other task gets the paper's ``<desc>``/``<think>``/``\\boxed{}`` instruction."""
+    text = (
+        sample.question
+        if sample.answer_type == "boxes"
+        else prompts.answer.format(question=sample.question)
+    )
+    return user_prompt(text, tuple(images))
+
+
+def step_seed(seed: int, step: int, rank: int = 0) -> int:
+    return (seed * 1_000_003 + step * 9_973 + rank * 101) % (2**31)
+
+
+class _Timer(dict):
+    @contextmanager
+    def __call__(self, name: str):
+        t0 = time.perf_counter()
+        yield
+        self[f"time/{name}"] = self.get(f"time/{name}", 0.0) + time.perf_counter() - t0
+
+
+class Trainer:
+    """``Trainer(cfg).train()``; pass ``policy``/``samples``/``extra_rewards`` to bypass loading."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        policy: Policy | None = None,
+        samples: Sequence[Sample] | None = None,
+        extra_rewards: Sequence[tuple[RewardFn, float]] = (),
+    ) -> None:
+        from accelerate import PartialState
+
+        self.cfg = cfg
+        self.state = PartialState()
+        self.rank, self.world = self.state.process_index, self.state.num_processes
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        self.out = Path(cfg.train.output_dir)
+        self.ckpt_dir = self.out / "checkpoints"
+        self.prompts = PromptSet.load(cfg.data.prompts)
+
+        resume_from = ckpt.latest_checkpoint(self.ckpt_dir) if cfg.train.resume else None
+        if cfg.train.resume and resume_from is None and self.rank == 0:
+            warnings.warn(
+                f"train.resume: no checkpoint under {self.ckpt_dir}; starting fresh", stacklevel=2
+            )
+        self.policy = policy if policy is not None else self._load_policy(resume_from)
+        self.model = self.policy.model
+        self.samples = list(samples) if samples is not None else self._load_samples()
+        self.ref = self._load_reference() if cfg.algo.beta > 0 else None
+
+        self.scorer = Scorer(
+            format_weight=cfg.reward.format_weight,
+            localization=LocalizationConfig(switch_at=cfg.reward.loc_switch_at),
+            extra=tuple(extra_rewards),
+        )
+        per_step = cfg.train.prompts_per_step * self.world
+        self.total_steps = cfg.train.steps or max(1, math.ceil(len(self.samples) / per_step))
+        batch = cfg.train.prompts_per_step * cfg.rollout.group_size
+        minibatch = cfg.algo.minibatch_size or batch
+        self.updates_per_step = cfg.algo.ppo_epochs * (batch // minibatch)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(
+            params, lr=cfg.algo.lr, weight_decay=cfg.algo.weight_decay
+        )
+        self.scheduler = _scheduler(self.optimizer, cfg, self.total_steps * self.updates_per_step)
+
+        self.start_step = 0
+        if resume_from is not None:
+            meta, blobs = ckpt.load_training_state(resume_from)
+            self.optimizer.load_state_dict(blobs["optimizer"])
+            self.scheduler.load_state_dict(blobs["scheduler"])
+            ckpt.set_rng_state(blobs["rng"])
+            self.start_step = int(meta["step"])
+        self.tracker = Tracker(
+            self.out,
+            total_steps=self.total_steps,
+            start_step=self.start_step,
+            jsonl=cfg.log.jsonl,
+            tensorboard=cfg.log.tensorboard,
+            wandb=cfg.log.wandb,
+            wandb_project=cfg.log.wandb_project,
+            progress=cfg.log.progress,
+            config=cfg.to_dict(),
+            enabled=self.state.is_main_process,
+        )
+        if self.state.is_main_process:
+            self.out.mkdir(parents=True, exist_ok=True)
+            dump_config(cfg, self.out / "config.yaml")
+        self._dirty = False  # True once this step's optimizer update has begun
+
+    # ------------------------------------------------------------------ setup
+    def _load_policy(self, resume_from: Path | None) -> Policy:
+        m = self.cfg.model
+        if not m.path:
+            raise ValueError("model.path is empty: set it in the config or with model.path=DIR")
+        device = m.device
+        if device == "auto":
+            device = str(self.state.device) if torch.cuda.is_available() else "cpu"
+        kwargs = dict(
+            dtype=m.dtype,
+            device=device,
+            attn_implementation=m.attn_implementation,
+            min_pixels=m.min_pixels,
+            max_pixels=m.max_pixels,
+        )
+        lora = m.lora_rank > 0
+        policy = Policy.from_pretrained(
+            resume_from if resume_from and not lora else m.path, **kwargs
+        )
+        model = policy.model
+        if m.freeze_vision:
+            for name, p in model.named_parameters():
+                if "visual" in name:
+                    p.requires_grad_(False)
+        if lora:
+            from peft import LoraConfig, PeftModel, get_peft_model
+
+            if resume_from is not None:
+                model = PeftModel.from_pretrained(model, resume_from, is_trainable=True)
+            else:
+                exclude = r".*visual.*" if m.freeze_vision else None
+                lcfg = LoraConfig(
+                    r=m.lora_rank,
+                    lora_alpha=m.lora_alpha,
+                    target_modules="all-linear",
+                    exclude_modules=exclude,
+                )
+                model = get_peft_model(model, lcfg)
+            policy = Policy(model, policy.processor)
+        if m.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        return policy
+
+    def _load_reference(self) -> Policy | None:
+        """The frozen π_ref of the KL term: under LoRA the same weights with the adapter off."""
+        if self.cfg.model.lora_rank > 0:
+            return None
+        path = self.cfg.model.path or None
+        if path is None:  # a policy passed in by the caller: freeze a copy of its start weights
+            import copy
+
+            ref_model = copy.deepcopy(self.model)
+        else:
+            ref_model = Policy.from_pretrained(
+                path, dtype=self.cfg.model.dtype, device=str(self.policy.device)
+            ).model
+        ref_model.eval().requires_grad_(False)
+        return Policy(ref_model, self.policy.processor)
+
+    def _load_samples(self) -> list[Sample]:
+        d = self.cfg.data
+        if not d.train:
+            raise ValueError("data.train is empty: set it to a dataset dir, .jsonl or .parquet")
+        samples = load_samples(d.train, split=d.train_split, on_error=d.on_error)
+        bad = [s.id for s in samples if not str(s.answer).strip() and s.answer_type != "boxes"]
+        if bad:
+            msg = f"{d.train}: {len(bad)} rows have an empty answer (first: id {bad[0]!r})"
+            if d.on_error == "raise":
+                raise ValueError(msg + "; fix them or set data.on_error=skip")
+            warnings.warn(msg + "; skipped", stacklevel=2)
+            samples = [s for s in samples if s.id not in set(bad)]
+        if not samples:
+            raise ValueError(f"{d.train}: no usable training rows")
+        return samples
+
+    # ------------------------------------------------------------------ the loop
+    def train(self) -> dict[str, float]:
+        last: dict[str, float] = {}
+        try:
+            for step in range(self.start_step + 1, self.total_steps + 1):
+                self._dirty = False
+                last = self.step(step)
+                self.tracker.log(step, last)
+                if self.cfg.train.save_every and step % self.cfg.train.save_every == 0:
+                    self.save(step)
+            if self.total_steps > self.start_step:
+                self.save(self.total_steps)
+                self.save_final()
+        except BaseException:
+            # A crash (or Ctrl-C) before this step touched the weights: keep the work done so far.
+            done = step - 1 if "step" in locals() else self.start_step
+            if not self._dirty and done > self.start_step and self.cfg.train.save_every:
+                self.save(done)
+            raise
+        finally:
+            self.tracker.close()
+        return last
+
+    def step(self, step: int) -> dict[str, float]:
+        cfg, timer = self.cfg, _Timer()
+        seed = step_seed(cfg.train.seed, step, self.rank)
+        random.seed(seed)
+        np.random.seed(seed % (2**32))
+        torch.manual_seed(seed)
+        progress = (step - 1) / max(1, self.total_steps)
+        t0 = time.perf_counter()
+
+        with timer("prompts"):
+            samples = self.batch_samples(step)
+            images = [tuple(load_image(p) for p in s.images) for s in samples]
+            prompts = [question_prompt(s, im, self.prompts) for s, im in zip(samples, images)]
+        with timer("rollout"):
+            self.model.eval()
+            gens = self.policy.generate(
+                prompts,
+                max_new_tokens=cfg.rollout.max_new_tokens,
+                temperature=cfg.rollout.temperature,
+                top_p=cfg.rollout.top_p,
+                num_return_sequences=cfg.rollout.group_size,
+            )
+        with timer("reward"):
+            groups = self.score_groups(samples, gens, progress)
+        metrics: dict[str, float] = {}
+        if cfg.reward.self_reward_weight > 0:
+            from .self_reward import add_self_reward
+
+            with timer("self_reward"):
+                groups, sr = add_self_reward(self.policy, groups, self.scorer, cfg, self.prompts)
+            metrics.update(sr)
+        metrics.update(_reward_metrics(groups, prefix="reward"))
+        if cfg.ivr.enabled:
+            from .rectify import rectify_groups
+
+            with timer("rectify"):
+                groups, stats = rectify_groups(
+                    self.policy.generate,
+                    groups,
+                    images,
+                    self.scorer,
+                    cfg.ivr,
+                    self.prompts,
+                    max_new_tokens=cfg.rollout.max_new_tokens,
+                    top_p=cfg.rollout.top_p,
+                    progress=progress,
+                    rng=random.Random(seed),
+                )
+            metrics.update(stats.metrics())
+            self.tracker.write_rows("traces", step, stats.traces)
+            metrics.update(_reward_metrics(groups, prefix="reward_mixed"))
+        with timer("advantages"):
+            groups, advantages, dropped = self.advantages(groups)
+            metrics["reward/nan_groups"] = float(dropped)
+        with timer("update"):
+            metrics.update(self.update(groups, prompts, advantages))
+        metrics.update(timer)
+        metrics["time/step"] = time.perf_counter() - t0
+        metrics["lr"] = self.scheduler.get_last_lr()[0]
+        metrics["progress"] = progress
+        metrics = self._reduce(metrics)
+        self.tracker.write_rows("samples", step, _sample_rows(groups, cfg.log.samples_per_step))
+        return metrics
+
+    # ------------------------------------------------------------------ phases
+    def batch_samples(self, step: int) -> list[Sample]:
+        """Prompts of this step for this rank: a seeded shuffle per epoch, so position = step."""
+        n, per = len(self.samples), self.cfg.train.prompts_per_step
+        start = ((step - 1) * self.world + self.rank) * per
+        out = []
+        for pos in range(start, start + per):
+            epoch, i = divmod(pos, n)
+            order = np.random.default_rng(self.cfg.train.seed + epoch).permutation(n)
+            out.append(self.samples[int(order[i])])
+        return out
+
+    def score_groups(
+        self, samples: list[Sample], gens: list[list[Generation]], progress: float
+    ) -> list[Group]:
+        flat_s = [s for s, g in zip(samples, gens) for _ in g]
+        flat_g = [x for g in gens for x in g]
+        scores = self.scorer(flat_s, [g.text for g in flat_g], progress)
+        groups, k = [], 0
+        for i, (s, g) in enumerate(zip(samples, gens)):
+            rollouts = []
+            for gen in g:
+                sc = scores[k]
+                k += 1
+                rollouts.append(
+                    Rollout(
+                        sample_index=i,
+                        text=gen.text,
+                        token_ids=gen.token_ids,
+                        old_logprobs=gen.logprobs,
+                        reward=sc.reward,
+                        components={**sc.components, "correct": float(bool(sc.correct))}
+                        if sc.correct is not None
+                        else dict(sc.components),
+                    )
+                )
+            groups.append(Group(sample=s, rollouts=tuple(rollouts)))
+        return groups
+
+    def advantages(self, groups: list[Group]) -> tuple[list[Group], Tensor, int]:
+        """Â over each group (mixed groups included). A group with a NaN reward (a user reward
+        went wrong) is dropped from the update with a warning rather than poisoning the batch."""
+        finite = [g for g in groups if all(math.isfinite(r) for r in g.rewards)]
+        dropped = len(groups) - len(finite)
+        if dropped:
+            warnings.warn(f"{dropped} group(s) had a NaN/inf reward and were skipped", stacklevel=2)
+        if not finite:
+            return [], torch.zeros(0), dropped
+        G = len(finite[0].rollouts)
+        rewards = torch.tensor([r for g in finite for r in g.rewards], dtype=torch.float32)
+        adv = group_advantages(rewards, G, scale=self.cfg.algo.scale_advantages)
+        return finite, adv, dropped
+
+    def update(
+        self, groups: list[Group], prompts: list[Prompt], advantages: Tensor
+    ) -> dict[str, float]:
+        """μ passes over minibatches of (prompt, completion) sequences with accumulation."""
+        cfg, a = self.cfg, self.cfg.algo
+        self._dirty = True
+        rows = [(prompts[r.sample_index], r) for g in groups for r in g.rollouts]
+        if not rows:
+            return {"loss/skipped": 1.0}
+        temp = cfg.rollout.temperature or 1.0
+        ref_lp = self._ref_logprobs(rows, temp) if a.beta > 0 else None
+        n = len(rows)
+        mb = a.minibatch_size or n
+        sums: dict[str, float] = {}
+        count, grad_norms = 0, []
+        self.model.train()
+        for _ in range(a.ppo_epochs):
+            order = torch.randperm(n).tolist() if a.ppo_epochs > 1 or mb < n else list(range(n))
+            for start in range(0, n, mb):
+                idx = order[start : start + mb]
+                total_tokens = self._global_sum(sum(len(rows[i][1].token_ids) for i in idx))
+                total_seqs = self._global_sum(len(idx))
+                self.optimizer.zero_grad(set_to_none=True)
+                for ms in range(0, len(idx), a.micro_batch_size):
+                    micro = idx[ms : ms + a.micro_batch_size]
+                    m = self._micro_step(
+                        rows, micro, advantages, ref_lp, temp, total_tokens, total_seqs
+                    )
+                    for k, v in m.items():
+                        sums[k] = sums.get(k, 0.0) + v
+                    count += 1
+                self._allreduce_grads()
+                params = [p for p in self.model.parameters() if p.requires_grad]
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, a.max_grad_norm)
+                grad_norms.append(float(grad_norm))
+                self.optimizer.step()
+                self.scheduler.step()
+        out = {f"loss/{k}": v / max(count, 1) for k, v in sums.items()}
+        out["loss/grad_norm"] = float(np.mean(grad_norms))
+        out["loss/off_policy_sequences"] = float(sum(r.off_policy for _, r in rows))
+        out["completion_len"] = float(np.mean([len(r.token_ids) for _, r in rows]))
+        return out
+
+    def _micro_step(
+        self, rows, micro, advantages, ref_lp, temp, total_tokens, total_seqs
+    ) -> dict[str, float]:
+        a = self.cfg.algo
+        prompts = [rows[i][0] for i in micro]
+        comps = [rows[i][1].token_ids for i in micro]
+        out = self.policy.completion_logprobs(
+            prompts, comps, temperature=temp, with_grad=True, return_entropy=True
+        )
+        T = out.logprobs.shape[1]
+        old = _pad([rows[i][1].old_logprobs or () for i in micro], T)
+        off = torch.tensor([rows[i][1].off_policy for i in micro])
+        ref = torch.stack([ref_lp[i][:T] for i in micro]) if ref_lp is not None else None
+        loss, m = policy_loss(
+            out.logprobs,
+            old.to(out.logprobs.device),
+            advantages[micro].to(out.logprobs.device),
+            out.mask,
+            off_policy=off.to(out.logprobs.device),
+            ref_logprobs=None if ref is None else ref.to(out.logprobs.device),
+            clip_low=a.clip_low,
+            clip_high=a.clip_high,
+            shaping_gamma=self.cfg.ivr.gamma if self.cfg.ivr.shaping else None,
+            kl_beta=a.beta,
+            aggregation=a.aggregation,
+            max_len=self.cfg.rollout.max_new_tokens if a.aggregation == "dr_grpo" else None,
+            entropy=out.entropy,
+        )
+        # Re-weight the micro-batch mean into the minibatch-wide (all-rank) normalisation.
+        if a.aggregation == "token":
+            weight = float(out.mask.sum()) / max(total_tokens, 1)
+        else:
+            weight = len(micro) / max(total_seqs, 1)
+        (loss * weight).backward()
+        return m
+
+    def _ref_logprobs(self, rows, temp: float) -> list[Tensor] | None:
+        """log π_ref per row, padded to the longest completion (no grad, computed once per step)."""
+        T = max(len(r.token_ids) for _, r in rows)
+        prompts, comps = [p for p, _ in rows], [r.token_ids for _, r in rows]
+        with torch.no_grad():
+            if self.ref is not None:
+                out = self.ref.completion_logprobs(
+                    prompts,
+                    comps,
+                    temperature=temp,
+                    micro_batch_size=self.cfg.algo.micro_batch_size,
+                )
+            elif self.cfg.model.lora_rank > 0:
+                with self.model.disable_adapter():
+                    out = self.policy.completion_logprobs(
+                        prompts,
+                        comps,
+                        temperature=temp,
+                        micro_batch_size=self.cfg.algo.micro_batch_size,
+                    )
+            else:
+                return None
+        lp = torch.nn.functional.pad(out.logprobs, (0, T - out.logprobs.shape[1]))
+        return list(lp.cpu())
+
+    # ------------------------------------------------------------------ distributed helpers
+    def _global_sum(self, x: float) -> float:
+        if self.world == 1:
+            return x
+        t = torch.tensor([float(x)], device=self.policy.device)
+        torch.distributed.all_reduce(t)
+        return float(t.item())
+
+    def _allreduce_grads(self) -> None:
+        """Sum gradients across ranks: each rank's loss is already weighted by its share of the
+        global minibatch, so the sum is the gradient of the global mean."""
+        if self.world == 1:
+            return
+        for p in self.model.parameters():
+            if p.grad is not None:
+                torch.distributed.all_reduce(p.grad)
+
+    def _reduce(self, metrics: dict[str, float]) -> dict[str, float]:
+        if self.world == 1:
+            return metrics
+        keys = sorted(metrics)
+        t = torch.tensor(
+            [float(metrics[k]) for k in keys], dtype=torch.float64, device=self.policy.device
+        )
+        torch.distributed.all_reduce(t)
+        return {k: float(v) / self.world for k, v in zip(keys, t.tolist())}
+
+    # ------------------------------------------------------------------ saving
+    def save(self, step: int) -> None:
+        if self.state.is_main_process:
+            ckpt.save_checkpoint(
+                self.ckpt_dir,
+                step,
+                model=self.model,
+                processor=self.policy.processor,
+                optimizer=self.optimizer,
+                scheduler=self.scheduler,
+                state={"total_steps": self.total_steps, "config": self.cfg.to_dict()},
+            )
+        if self.world > 1:
+            self.state.wait_for_everyone()
+
+    def save_final(self) -> Path:
+        """A plain HF model directory (LoRA merged) for ``ivr eval`` and further training."""
+        final = self.out / "final"
+        if self.state.is_main_process:
+            model = self.model
+            if self.cfg.model.lora_rank > 0:
+                import copy
+
+                model = copy.deepcopy(model).merge_and_unload()
+            model.save_pretrained(final)
+            self.policy.processor.save_pretrained(final)
+        return final
+
+
+# ---------------------------------------------------------------------- small helpers
+def _pad(rows: Sequence[Sequence[float]], T: int) -> Tensor:
+    out = torch.zeros(len(rows), T)
+    for i, r in enumerate(rows):
+        r = list(r)[:T]
+        if r:
+            out[i, : len(r)] = torch.tensor(r)
+    return out
+
+
+def _reward_metrics(groups: list[Group], prefix: str) -> dict[str, float]:
+    rollouts = [r for g in groups for r in g.rollouts]
+    if not rollouts:
+        return {}
+    rewards = np.array([r.reward for r in rollouts], dtype=float)
+    out = {f"{prefix}/mean": float(np.nanmean(rewards)), f"{prefix}/std": float(np.nanstd(rewards))}
+    keys = sorted({k for r in rollouts for k in r.components})
+    for k in keys:
+        vals = [r.components[k] for r in rollouts if k in r.components]
+        out[f"{prefix}/{k}"] = float(np.mean(vals))
+    solved = [max(r.components.get("correct", 0.0) for r in g.rollouts) for g in groups]
+    out[f"{prefix}/group_solved"] = float(np.mean(solved))
+    return out
+
+
+def _sample_rows(groups: list[Group], n: int) -> list[dict[str, Any]]:
+    rows = []
+    for g in groups:
+        for r in g.rollouts:
+            if len(rows) >= n:
+                return rows
+            rows.append(
+                {
+                    "id": g.sample.id,
+                    "question": g.sample.question,
+                    "answer": g.sample.answer,
+                    "completion": r.text,
+                    "reward": r.reward,
+                    "off_policy": r.off_policy,
+                }
+            )
+    return rows
+
+
+def _scheduler(optimizer: torch.optim.Optimizer, cfg: Config, total: int):
+    from transformers import get_scheduler
+
+    name = "cosine" if cfg.algo.lr_schedule == "cosine" else "constant_with_warmup"
+    return get_scheduler(
+        name, optimizer, num_warmup_steps=cfg.algo.warmup_steps, num_training_steps=max(total, 1)
+    )
+
+
+def train(cfg: Config, **kwargs: Any) -> dict[str, float]:
+    """Run a whole training job described by ``cfg`` (the ``ivr train`` entry point)."""
+    return Trainer(cfg, **kwargs).train()
+
+
+__all__ = ["Trainer", "question_prompt", "step_seed", "train"]

@@ -1,0 +1,78 @@
+"""Config: round trip, overrides, and errors that name the key and the file."""
+
+from __future__ import annotations
+
+import pytest
+
+from ivr.config import Config, ConfigError, dump_config, load_config, parse_overrides
+
+
+def test_defaults_are_the_papers_settings() -> None:
+    cfg = load_config()
+    # IVR-R1 appendix A.1: G = 8, temperature 1.0, top_p 0.99, λ = 0.1, τ = 0.5, k = 2, T = 3, γ = 0.1
+    assert (cfg.rollout.group_size, cfg.rollout.temperature, cfg.rollout.top_p) == (8, 1.0, 0.99)
+    assert cfg.reward.format_weight == 0.1
+    assert (cfg.ivr.tau, cfg.ivr.k, cfg.ivr.rounds, cfg.ivr.gamma) == (0.5, 2, 3, 0.1)
+    assert cfg.ivr.context == "image" and cfg.ivr.shaping
+
+
+def test_yaml_and_overrides_round_trip(tmp_path) -> None:
+    path = tmp_path / "run.yaml"
+    path.write_text("algo:\n  lr: 2.0e-5\n  beta: 0\nivr:\n  enabled: true\n")
+    cfg = load_config(path, ["algo.beta=0.04", "ivr.k=4", "model.path=/m"])
+    assert cfg.algo.lr == 2e-5 and cfg.algo.beta == 0.04 and isinstance(cfg.algo.beta, float)
+    assert cfg.ivr.enabled and cfg.ivr.k == 4 and cfg.model.path == "/m"
+    out = tmp_path / "resolved.yaml"
+    dump_config(cfg, out)
+    assert load_config(out) == cfg
+
+
+def test_config_is_frozen() -> None:
+    cfg = Config()
+    with pytest.raises(AttributeError):
+        cfg.algo.lr = 1.0  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("algo:\n  bta: 1\n", r"run\.yaml: unknown key `algo\.bta`"),
+        ("algoo:\n  beta: 1\n", r"run\.yaml: unknown key `algoo`"),
+        ("algo:\n  beta: high\n", r"run\.yaml: `algo\.beta` = 'high' should be of type float"),
+        ("ivr:\n  enabled: 1\n", r"run\.yaml: `ivr\.enabled` = 1 should be true or false"),
+        ("rollout:\n  group_size: 2.5\n", r"`rollout\.group_size` = 2\.5 should be of type int"),
+        ("ivr:\n  context: text\n", r"`ivr\.context` = 'text'; expected one of"),
+        ("rollout:\n  top_p: 0\n", r"`rollout\.top_p` = 0\.0 must be in \(0, 1\]"),
+        ("algo: 3\n", r"`algo` should be a mapping"),
+        ("- a\n- b\n", r"top level should be a mapping"),
+        ("algo: [unclosed\n", r"run\.yaml: not valid YAML"),
+    ],
+)
+def test_bad_yaml_names_key_and_file(tmp_path, text: str, match: str) -> None:
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=match):
+        load_config(path)
+
+
+def test_bad_overrides() -> None:
+    with pytest.raises(ConfigError, match="should look like section.key=value"):
+        load_config(None, ["algo.beta"])
+    with pytest.raises(ConfigError, match="unknown key `algo.bta`"):
+        load_config(None, ["algo.bta=1"])
+    # 3 prompts × 8 samples = 24 sequences; a minibatch of 5 cannot divide it
+    with pytest.raises(ConfigError, match="minibatch_size` = 5 must divide .* = 24"):
+        load_config(None, ["train.prompts_per_step=3", "algo.minibatch_size=5"])
+
+
+def test_missing_file() -> None:
+    with pytest.raises(ConfigError, match="config file not found: /nope.yaml"):
+        load_config("/nope.yaml")
+
+
+def test_parse_overrides_nested_yaml_scalars() -> None:
+    assert parse_overrides(["a.b=1", "a.c=true", "d=null", "e.f=x=y"]) == {
+        "a": {"b": 1, "c": True},
+        "d": None,
+        "e": {"f": "x=y"},
+    }

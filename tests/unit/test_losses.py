@@ -1,0 +1,307 @@
+"""policy_loss and its parts: expected values derived by hand in the comments (torchtune style).
+
+Convention: a single token with old logprob 0 and current logprob log ρ has importance ratio ρ;
+with one token and "token" aggregation the loss IS the per-token loss ℓ.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from ivr.rl import policy_loss
+from ivr.rl.losses import LOSS_PRESETS, aggregate, k3_kl, shaped_surrogate
+
+
+def one_token(ratio: float, adv: float, **kwargs: object) -> tuple[float, float, dict[str, float]]:
+    """Loss, d loss / d logp and metrics for one on-policy token with importance ratio ``ratio``."""
+    logp = torch.tensor([[math.log(ratio)]], requires_grad=True)
+    loss, metrics = policy_loss(
+        logp, torch.zeros(1, 1), torch.tensor([adv]), torch.ones(1, 1), **kwargs
+    )
+    loss.backward()
+    assert logp.grad is not None
+    return loss.item(), logp.grad.item(), metrics
+
+
+# ---------------------------------------------------------------- on-policy clipped surrogate
+
+
+@pytest.mark.parametrize(
+    ("ratio", "adv", "want_loss", "want_grad", "want_clipped"),
+    [
+        # unclipped: ρ=1.1 ∈ [0.8, 1.2]; ℓ = −ρÂ = −1.1·2 = −2.2; dℓ/dlogp = −ρÂ = −2.2
+        (1.1, 2.0, -2.2, -2.2, 0.0),
+        # Â>0, ρ=1.5 > 1+ε: min(1.5·1, 1.2·1) = 1.2 → ℓ = −1.2, clipped: zero gradient
+        (1.5, 1.0, -1.2, 0.0, 1.0),
+        # Â<0, ρ=0.5 < 1−ε: min(0.5·−1, 0.8·−1) = −0.8 → ℓ = 0.8, clipped: zero gradient
+        (0.5, -1.0, 0.8, 0.0, 1.0),
+        # Â<0, ρ=1.5 > 1+ε: min(−1.5, −1.2) = −1.5 → ℓ = 1.5, NOT clipped (pessimistic bound),
+        # dℓ/dlogp = −ρÂ = 1.5
+        (1.5, -1.0, 1.5, 1.5, 0.0),
+        # Â>0, ρ=0.5 < 1−ε: min(0.5, 0.8) = 0.5 → ℓ = −0.5, not clipped, grad −0.5
+        (0.5, 1.0, -0.5, -0.5, 0.0),
+    ],
+)
+def test_clipped_surrogate_single_token(
+    ratio: float, adv: float, want_loss: float, want_grad: float, want_clipped: float
+) -> None:
+    loss, grad, m = one_token(ratio, adv)
+    assert loss == pytest.approx(want_loss, abs=1e-6)
+    assert grad == pytest.approx(want_grad, abs=1e-6)
+    assert m["clip_frac"] == want_clipped
+    assert m["ratio_mean"] == pytest.approx(ratio)
+
+
+def test_clip_higher_dapo() -> None:
+    # ρ=1.25, Â=1: symmetric ε=0.2 clips at 1.2 (ℓ = −1.2); DAPO's ε_high=0.28 does not (ℓ = −1.25)
+    assert one_token(1.25, 1.0)[0] == pytest.approx(-1.2)
+    loss, grad, m = one_token(1.25, 1.0, **LOSS_PRESETS["dapo"])
+    assert loss == pytest.approx(-1.25)
+    assert grad == pytest.approx(-1.25)
+    assert m["clip_frac"] == 0.0
+
+
+# ---------------------------------------------------------------- off-policy policy shaping
+
+
+def test_off_policy_token_shaped() -> None:
+    # p = 0.4, γ = 0.1: f(p) = 0.4 / 0.5 = 0.8; Â = 1 → ℓ = −0.8 (no clip, behaviour prob. 1)
+    # dℓ/dlogp = −Â γ p / (p+γ)² = −0.1·0.4 / 0.25 = −0.16
+    # old_logprobs are NaN on that row: they must be ignored.
+    logp = torch.tensor([[math.log(0.4)]], requires_grad=True)
+    loss, m = policy_loss(
+        logp,
+        torch.full((1, 1), float("nan")),
+        torch.tensor([1.0]),
+        torch.ones(1, 1),
+        off_policy=torch.tensor([True]),
+        shaping_gamma=0.1,
+    )
+    loss.backward()
+    assert loss.item() == pytest.approx(-0.8)
+    assert logp.grad is not None and logp.grad.item() == pytest.approx(-0.16)
+    assert m["off_policy_token_share"] == 1.0
+    assert m["off_policy_prob_mean"] == pytest.approx(0.4)
+    assert m["clip_frac"] == 0.0 and m["ratio_mean"] == 0.0  # no on-policy tokens
+
+
+def test_off_policy_large_ratio_is_not_clipped() -> None:
+    # p = 0.9 (a ratio of 0.9/0.1 = 9 had the old policy sampled it at 0.1): shaping ignores old,
+    # ℓ = −Â · 0.9/(0.9+0.1) = −0.9 with Â = 1, gradient −0.1·0.9/1 = −0.09 ≠ 0.
+    logp = torch.tensor([[math.log(0.9)]], requires_grad=True)
+    loss, _ = policy_loss(
+        logp,
+        torch.tensor([[math.log(0.1)]]),
+        torch.tensor([1.0]),
+        torch.ones(1, 1),
+        off_policy=torch.tensor([True]),
+    )
+    loss.backward()
+    assert loss.item() == pytest.approx(-0.9)
+    assert logp.grad is not None and logp.grad.item() == pytest.approx(-0.09)
+
+
+def test_shaping_off_is_ratio_one_surrogate() -> None:
+    # shaping_gamma=None: ℓ = −Â·exp(logp − sg(logp)) = −Â = −2 whatever p is;
+    # dℓ/dlogp = −Â = −2 (the plain policy gradient −Â ∇logp)
+    logp = torch.tensor([[math.log(0.4)]], requires_grad=True)
+    loss, _ = policy_loss(
+        logp,
+        torch.zeros(1, 1),
+        torch.tensor([2.0]),
+        torch.ones(1, 1),
+        off_policy=torch.tensor([True]),
+        shaping_gamma=None,
+    )
+    loss.backward()
+    assert loss.item() == pytest.approx(-2.0)
+    assert logp.grad is not None and logp.grad.item() == pytest.approx(-2.0)
+
+
+def test_shaping_gradient_matches_closed_form() -> None:
+    # d/dlogp [−Â p/(p+γ)] = −Â γ p/(p+γ)², checked for p across (0, 1) and both signs of Â.
+    gamma = 0.1
+    p = torch.tensor([[1e-4, 0.01, 0.1, 0.5, 0.99], [0.2, 0.3, 0.6, 0.8, 1.0]], dtype=torch.float64)
+    adv = torch.tensor([1.5, -0.7], dtype=torch.float64)
+    logp = p.log().requires_grad_(True)
+    loss, _ = policy_loss(
+        logp,
+        torch.zeros_like(p),
+        adv,
+        torch.ones_like(p),
+        off_policy=torch.tensor([True, True]),
+        shaping_gamma=gamma,
+    )
+    (loss * p.numel()).backward()  # undo the token mean
+    closed = -adv[:, None] * gamma * p / (p + gamma) ** 2
+    torch.testing.assert_close(logp.grad, closed)
+
+    # ...and autograd of the closed-form loss, written independently of the library
+    logp2 = p.log().requires_grad_(True)
+    q = logp2.exp()
+    (-adv[:, None] * q / (q + gamma)).sum().backward()
+    torch.testing.assert_close(logp.grad, logp2.grad)
+    # the public part on its own: f(0.4) = 0.4 / 0.5 = 0.8 → ℓ = −0.8
+    torch.testing.assert_close(
+        shaped_surrogate(torch.tensor([[math.log(0.4)]]), torch.tensor([[1.0]]), 0.1),
+        torch.tensor([[-0.8]]),
+    )
+
+
+# ---------------------------------------------------------------- KL (k3)
+
+
+def test_k3_values() -> None:
+    # x = ref − logp = ln 2: e^x − x − 1 = 2 − 0.693147 − 1 = 0.306853
+    # x = −ln 2:             0.5 + 0.693147 − 1 = 0.193147;   x = 0: 0
+    logp = torch.tensor([[0.0, 0.0, -1.0]])
+    ref = torch.tensor([[math.log(2), -math.log(2), -1.0]])
+    torch.testing.assert_close(k3_kl(logp, ref), torch.tensor([[0.306853, 0.193147, 0.0]]))
+
+
+def test_kl_penalty_in_loss() -> None:
+    # Â = 0 → surrogate 0; tokens with x = ln 2 and x = −ln 2, β = 0.5:
+    # loss = 0.5 · (0.306853 + 0.193147) / 2 = 0.125; metric kl = mean k3 = 0.25
+    # dℓ/dlogp per token (token mean ½): ½·β·(1 − e^x) → ½·.5·(1−2) = −0.25, ½·.5·(1−.5) = 0.125
+    logp = torch.zeros(1, 2, requires_grad=True)
+    ref = torch.tensor([[math.log(2), -math.log(2)]])
+    loss, m = policy_loss(
+        logp, torch.zeros(1, 2), torch.zeros(1), torch.ones(1, 2), ref_logprobs=ref, kl_beta=0.5
+    )
+    loss.backward()
+    assert loss.item() == pytest.approx(0.125)
+    assert m["kl"] == pytest.approx(0.25)
+    torch.testing.assert_close(logp.grad, torch.tensor([[-0.25, 0.125]]))
+
+
+def test_kl_reported_but_not_added_when_beta_zero() -> None:
+    ref = torch.tensor([[math.log(2)]])
+    loss, m = policy_loss(
+        torch.zeros(1, 1), torch.zeros(1, 1), torch.zeros(1), torch.ones(1, 1), ref_logprobs=ref
+    )
+    assert loss.item() == 0.0
+    assert m["kl"] == pytest.approx(0.306853)
+
+
+# ---------------------------------------------------------------- aggregation
+
+
+def _two_rows(aggregation: str, **kwargs: object) -> float:
+    # ρ = 1 everywhere, so ℓ = −Â per token: row 0 (Â=1) → −1 on 3 tokens; row 1 (Â=−1) → +1 on
+    # 1 token; row 1's padding holds garbage (NaN / 5.0) that must not leak.
+    logp = torch.tensor([[-1.0, -2.0, -0.5], [-1.0, float("nan"), 5.0]], requires_grad=True)
+    old = torch.tensor([[-1.0, -2.0, -0.5], [-1.0, 3.0, float("nan")]])
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0]], dtype=torch.bool)
+    loss, _ = policy_loss(
+        logp, old, torch.tensor([1.0, -1.0]), mask, aggregation=aggregation, **kwargs
+    )
+    loss.backward()
+    assert logp.grad is not None and torch.isfinite(logp.grad).all()
+    assert (logp.grad[1, 1:] == 0).all()
+    return loss.item()
+
+
+def test_aggregation_token() -> None:
+    # Σ mask·ℓ / Σ mask = (−3 + 1) / 4 = −0.5
+    assert _two_rows("token") == pytest.approx(-0.5)
+
+
+def test_aggregation_sequence() -> None:
+    # mean over rows of row means = (−1 + 1) / 2 = 0
+    assert _two_rows("sequence") == pytest.approx(0.0)
+
+
+def test_aggregation_dr_grpo() -> None:
+    # Σ mask·ℓ / (B·T) = −2 / (2·3) = −1/3; with max_len = 4: −2 / 8 = −0.25
+    assert _two_rows("dr_grpo") == pytest.approx(-1 / 3)
+    assert _two_rows("dr_grpo", max_len=4) == pytest.approx(-0.25)
+
+
+def test_aggregate_empty_mask_and_empty_sequence() -> None:
+    loss = torch.tensor([[2.0, 4.0], [7.0, 7.0]])
+    assert aggregate(loss, torch.zeros(2, 2), "token").item() == 0.0
+    # row 1 has no tokens: "sequence" averages the non-empty rows only → (2+4)/2 = 3
+    assert aggregate(loss, torch.tensor([[1.0, 1.0], [0.0, 0.0]]), "sequence").item() == 3.0
+
+
+# ---------------------------------------------------------------- mixed batch and metrics
+
+
+def test_mixed_batch_metrics() -> None:
+    # row 0 on-policy, ratios [1.5, 1.0] with Â=1: token 0 clipped (ℓ=−1.2), token 1 ℓ=−1
+    # row 1 off-policy, p = 0.4 on both tokens, Â=1: ℓ = −0.8 each
+    # token mean: (−1.2 − 1 − 0.8 − 0.8) / 4 = −0.95
+    # clip_frac = 1/2 (on-policy tokens only); ratio_mean = (1.5 + 1) / 2 = 1.25
+    # off share = 2/4; entropy mean = (1 + 2 + 3 + 4) / 4 = 2.5
+    logp = torch.tensor([[math.log(1.5), 0.0], [math.log(0.4), math.log(0.4)]])
+    loss, m = policy_loss(
+        logp,
+        torch.zeros(2, 2),
+        torch.tensor([1.0, 1.0]),
+        torch.ones(2, 2),
+        off_policy=torch.tensor([False, True]),
+        entropy=torch.tensor([[1.0, 2.0], [3.0, 4.0]]),
+    )
+    assert loss.item() == pytest.approx(-0.95)
+    assert m["loss"] == pytest.approx(-0.95)
+    assert m["clip_frac"] == pytest.approx(0.5)
+    assert m["ratio_mean"] == pytest.approx(1.25)
+    assert m["off_policy_token_share"] == pytest.approx(0.5)
+    assert m["entropy"] == pytest.approx(2.5)
+    assert m["kl"] == 0.0
+    assert all(isinstance(v, float) for v in m.values())
+
+
+def test_bf16_inputs_are_computed_in_fp32() -> None:
+    logp = torch.tensor([[math.log(1.1)]], dtype=torch.bfloat16)
+    loss, _ = policy_loss(logp, torch.zeros(1, 1), torch.tensor([2.0]), torch.ones(1, 1))
+    assert loss.dtype == torch.float32
+    assert loss.item() == pytest.approx(-2.2, abs=0.02)
+
+
+# ---------------------------------------------------------------- bad inputs
+
+
+def _call(**over: object) -> None:
+    args: dict[str, object] = {
+        "logprobs": torch.zeros(2, 3),
+        "old_logprobs": torch.zeros(2, 3),
+        "advantages": torch.zeros(2),
+        "mask": torch.ones(2, 3),
+    }
+    args.update(over)
+    policy_loss(**args)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("over", "match"),
+    [
+        ({"logprobs": torch.zeros(6)}, r"logprobs must be \[B, T\]"),
+        ({"old_logprobs": torch.zeros(2, 4)}, r"old_logprobs must have shape \[B, T\] = \[2, 3\]"),
+        ({"advantages": torch.zeros(2, 3)}, r"advantages must have shape \[B\] = \[2\]"),
+        ({"mask": torch.ones(3, 3)}, r"mask must have shape \[B, T\]"),
+        ({"off_policy": torch.zeros(3, dtype=torch.bool)}, r"off_policy must have shape \[B\]"),
+        ({"off_policy": torch.zeros(2)}, "off_policy must be a bool tensor"),
+        ({"ref_logprobs": torch.zeros(2, 2)}, "ref_logprobs must have shape"),
+        ({"entropy": torch.zeros(2)}, "entropy must have shape"),
+        ({"kl_beta": 0.1}, "kl_beta > 0 needs ref_logprobs"),
+        ({"kl_beta": -1.0}, "kl_beta must be >= 0"),
+        ({"aggregation": "mean"}, "aggregation must be one of"),
+        ({"shaping_gamma": 0.0}, "shaping_gamma must be > 0"),
+        ({"clip_low": 1.0}, "clip_low"),
+        ({"aggregation": "dr_grpo", "max_len": 2}, r"max_len \(2\) is smaller than .* T \(3\)"),
+    ],
+)
+def test_bad_inputs(over: dict[str, object], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        _call(**over)
+
+
+@pytest.mark.parametrize("preset", sorted(LOSS_PRESETS))
+def test_presets_are_valid_kwargs(preset: str) -> None:
+    kwargs = dict(LOSS_PRESETS[preset])
+    ref = torch.zeros(2, 3) if kwargs.get("kl_beta", 0.0) > 0 else None
+    _call(ref_logprobs=ref, **kwargs)
