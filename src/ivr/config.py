@@ -110,6 +110,25 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class SFTConfig:
+    """Cold start (IVR-R1 §4.1; Vision-SR1-style demonstrations): loss on assistant tokens only."""
+
+    data: str = ""  # chat-rows JSONL (``sft.jsonl`` of ``ivr synth``) or a dataset dir holding one
+    steps: int = 0  # 0 = ``epochs`` passes over the data
+    epochs: float = 1.0
+    batch_size: int = 32
+    grad_accum: int = 1
+    lr: float = 2e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 20
+    lr_schedule: str = "cosine"  # constant | cosine
+    max_grad_norm: float = 1.0
+    eval_every: int = 0  # 0 = only at the end
+    eval_limit: int = 256
+    save_every: int = 500
+
+
+@dataclass(frozen=True)
 class LogConfig:
     jsonl: bool = True
     tensorboard: bool = True
@@ -127,6 +146,7 @@ class Config:
     reward: RewardConfig = field(default_factory=RewardConfig)
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     ivr: IVRConfig = field(default_factory=IVRConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
@@ -139,6 +159,7 @@ _CHOICES = {
     "data.on_error": {"raise", "skip"},
     "rollout.backend": {"hf", "vllm"},
     "algo.lr_schedule": {"constant", "cosine"},
+    "sft.lr_schedule": {"constant", "cosine"},
     "algo.aggregation": {"token", "sequence", "dr_grpo"},
     "ivr.context": {"image", "description"},
 }
@@ -224,6 +245,8 @@ def validate(cfg: Config, where: str = "config") -> Config:
         ("ivr.k", cfg.ivr.k >= 1, "must be ≥ 1"),
         ("ivr.rounds", cfg.ivr.rounds >= 1, "must be ≥ 1"),
         ("ivr.gamma", cfg.ivr.gamma > 0, "must be > 0"),
+        ("sft.batch_size", cfg.sft.batch_size >= 1, "must be ≥ 1"),
+        ("sft.grad_accum", cfg.sft.grad_accum >= 1, "must be ≥ 1"),
         ("train.prompts_per_step", cfg.train.prompts_per_step >= 1, "must be ≥ 1"),
         ("train.save_every", cfg.train.save_every >= 0, "must be ≥ 0"),
     ]

@@ -1,1 +1,10 @@
-"""models"""
+"""Models: the policy wrapper, tiny offline checkpoints and image-only Qwen VL processors.
+
+Importing this package registers the image-only processors with ``AutoProcessor`` (see
+``ivr.models.processor``), so directories saved by ``build_tiny_vlm`` load back as processors,
+not bare tokenizers.
+"""
+
+from ivr.models.processor import register_image_only_processors
+
+register_image_only_processors()
