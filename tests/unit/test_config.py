@@ -76,3 +76,10 @@ def test_parse_overrides_nested_yaml_scalars() -> None:
         "d": None,
         "e": {"f": "x=y"},
     }
+
+
+@pytest.mark.parametrize("path", sorted(__import__("glob").glob("configs/*.yaml")))
+def test_shipped_recipes_load(path: str) -> None:
+    cfg = load_config(path)
+    assert cfg.model.path and cfg.train.output_dir
+    assert cfg.ivr.enabled == ("ivr_" in path)

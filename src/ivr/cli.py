@@ -1,0 +1,161 @@
+"""``ivr synth | sft | train | eval | demo | score | build-tiny``: one entry point per job.
+
+Each subcommand parses its own flags and imports its module lazily, so ``ivr --help`` is instant
+and a mistake in one job's flags never costs a torch import.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", help="YAML recipe (configs/*.yaml)")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. algo.beta=0.04")
+
+
+def _load(args: argparse.Namespace):
+    from .config import load_config
+
+    overrides = list(args.overrides) + (["train.resume=true"] if args.resume else [])
+    return load_config(args.config, overrides)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .rl.trainer import train
+
+    metrics = train(_load(args))
+    print({k: round(v, 4) for k, v in metrics.items() if k.startswith(("reward/", "ivr/"))})
+    return 0
+
+
+def cmd_sft(args: argparse.Namespace) -> int:
+    from .sft import run_sft
+
+    run_sft(_load(args))
+    return 0
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from .data.synth import generate_dataset
+
+    kwargs = {"n": args.n, "seed": args.seed}
+    if args.tasks:
+        kwargs["tasks"] = args.tasks.split(",")
+    if args.levels:
+        kwargs["levels"] = [int(x) for x in args.levels.split(",")]
+    out = generate_dataset(args.out, **kwargs)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_build_tiny(args: argparse.Namespace) -> int:
+    from .models.tiny import build_tiny_vlm
+
+    corpus = None
+    if args.corpus:
+        from .data.dataset import load_sft_rows
+
+        corpus = [m["content"] if isinstance(m["content"], str) else str(m["content"])
+                  for row in load_sft_rows(args.corpus) for m in row["messages"]]
+    out = build_tiny_vlm(args.out, arch=args.arch, hidden=args.hidden, layers=args.layers,
+                         seed=args.seed, corpus=corpus)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from .rewards.score import format_score_table, score_file
+
+    print(format_score_table(score_file(args.file)))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .eval.cli import run_eval
+
+    return run_eval(args) or 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(args)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ivr", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="GRPO / IVR-R1 / baselines from a YAML recipe")
+    _config_args(p)
+    p.set_defaults(fn=cmd_train)
+
+    p = sub.add_parser("sft", help="SFT cold start on chat JSONL (assistant tokens only)")
+    _config_args(p)
+    p.set_defaults(fn=cmd_sft)
+
+    p = sub.add_parser("synth", help="render the synthetic visual-reasoning world")
+    p.add_argument("--out", required=True)
+    p.add_argument("--n", type=int, default=20000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tasks", help="comma-separated task families (default: all)")
+    p.add_argument("--levels", help="comma-separated difficulty levels (default: all)")
+    p.set_defaults(fn=cmd_synth)
+
+    p = sub.add_parser("build-tiny", help="build a tiny random Qwen-VL offline (tests, demo)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--arch", default="qwen2_5_vl", choices=["qwen2_5_vl", "qwen3_vl"])
+    p.add_argument("--hidden", type=int, default=128)
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--corpus", help="chat JSONL whose text trains the tokenizer")
+    p.set_defaults(fn=cmd_build_tiny)
+
+    p = sub.add_parser("score", help="grade a JSONL of predictions offline")
+    p.add_argument("file")
+    p.set_defaults(fn=cmd_score)
+
+    p = sub.add_parser("eval", help="evaluate a model on benchmarks (resumable)")
+    try:
+        from .eval.cli import add_eval_arguments
+    except ImportError:  # pragma: no cover - eval module missing in a broken install
+        add_eval_arguments = None
+    if add_eval_arguments is not None:
+        add_eval_arguments(p)
+    p.set_defaults(fn=cmd_eval)
+
+    p = sub.add_parser("demo", help="the main job: synth → SFT → GRPO & IVR-R1 → eval → report")
+    try:
+        from .demo import add_demo_arguments
+    except ImportError:  # pragma: no cover
+        add_demo_arguments = None
+    if add_demo_arguments is not None:
+        add_demo_arguments(p)
+    p.set_defaults(fn=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .config import ConfigError
+
+    import os
+
+    try:
+        return args.fn(args)
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        if os.environ.get("IVR_DEBUG"):
+            raise
+        # Input problems get one clear line, not a traceback from deep inside a library
+        # (IVR_DEBUG=1 shows the traceback).
+        print(f"ivr {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
