@@ -1,0 +1,514 @@
+"""The policy: one HF vision-language model + its processor, seen as a distribution over tokens.
+
+Everything the RL loop needs from a model goes through here, so that the two places that
+compute log π(token) — sampling (``generate``) and training (``completion_logprobs``) — agree
+to ~2e-5 in float32 (the tests demand 1e-4). What makes them agree, and what silently breaks it:
+
+- **One definition of the distribution.** π_T(· | context) = softmax(mask(logits) / T), where
+  ``mask`` sets the image/video/vision special tokens to −inf. Sampling draws from it (then
+  optionally truncated by top-k/top-p) and ``Generation.logprobs`` records log π_T of the drawn
+  token *before* the top-k/top-p truncation; ``completion_logprobs`` computes the same quantity.
+  Why unwarped: truncation renormalises over a kept set that changes with the context, which
+  makes the ratio π_θ/π_old ill-defined whenever a token falls out of the set; for a kept token
+  the truncated logprob is higher by −log(kept mass) ≤ −log(top_p), i.e. ≤ 0.01 nats at the
+  paper's top_p = 0.99. Greedy decoding (T = 0) records T = 1 logprobs.
+- **Every multimodal field in the training forward.** The processor returns, besides
+  ``input_ids``/``attention_mask``, ``pixel_values``, ``image_grid_thw`` and
+  ``mm_token_type_ids``. Qwen2.5-VL without ``mm_token_type_ids`` silently falls back to 1-D
+  positions (logprobs off by nats, no warning); Qwen3-VL raises. Per-token fields are extended
+  over the completion (zeros = text), everything else is passed through untouched.
+- **Left padding** for prompts, so that completions start at the same column for the whole batch.
+
+Suppressing the vision tokens is not cosmetic: a sampled ``<|image_pad|>`` breaks the next
+forward ("Image features and image tokens do not match").
+
+Sampling is done by HF ``generate`` with a fresh ``GenerationConfig`` (the checkpoint's own
+defaults, e.g. Qwen's ``repetition_penalty=1.05``, would change the distribution behind our back)
+and one logits processor, ``_SamplingProcessor``, that masks, records and warps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from transformers import (
+    AutoConfig,
+    AutoModelForImageTextToText,
+    AutoProcessor,
+    BatchFeature,
+    GenerationConfig,
+    LogitsProcessor,
+    LogitsProcessorList,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+
+from ivr.data.images import load_image
+from ivr.models.processor import IMAGE_ONLY_PROCESSORS, register_image_only_processors
+from ivr.types import Generation, Message, Prompt
+
+__all__ = ["LogprobOutput", "Policy", "chat_prompt", "count_image_placeholders"]
+
+_VISION_TOKENS = (
+    "<|image_pad|>",
+    "<|video_pad|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+)
+_VISION_CONFIG_IDS = (
+    "image_token_id",
+    "video_token_id",
+    "vision_start_token_id",
+    "vision_end_token_id",
+    "image_token_index",
+    "video_token_index",
+)
+_HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+
+
+@dataclass(frozen=True)
+class LogprobOutput:
+    """Per-token results of ``Policy.completion_logprobs``; completions right-padded to T.
+
+    logprobs: [B, T] float32, log π_T(token); 0 where ``mask`` is False.
+    mask:     [B, T] bool, True on real completion tokens.
+    entropy:  [B, T] float32 entropy of π_T at each position (None unless asked for).
+    """
+
+    logprobs: torch.Tensor
+    mask: torch.Tensor
+    entropy: torch.Tensor | None = None
+
+
+def chat_prompt(
+    text: str, images: Sequence[Image.Image | str | Path] = (), system: str | None = None
+) -> Prompt:
+    """A one-turn user prompt: image parts first, then the text (Qwen's recommended order).
+    ``images`` may be PIL images or paths (decoded with ``load_image``)."""
+    loaded = tuple(im if isinstance(im, Image.Image) else load_image(im) for im in images)
+    content = [{"type": "image"} for _ in loaded] + [{"type": "text", "text": text}]
+    messages: list[Message] = [] if system is None else [{"role": "system", "content": system}]
+    messages.append({"role": "user", "content": content})
+    return Prompt(messages=tuple(messages), images=loaded)
+
+
+def count_image_placeholders(messages: Sequence[Message]) -> int:
+    """Image parts in ``messages``, counted the way the chat templates count them."""
+    n = 0
+    for m in messages:
+        content = m.get("content")
+        if isinstance(content, str) or content is None:
+            continue
+        for part in content:
+            if part.get("type") == "image" or "image" in part or "image_url" in part:
+                n += 1
+    return n
+
+
+class _SamplingProcessor(LogitsProcessor):
+    """Masks the vision tokens, records log π_T of each drawn token, then applies top-k/top-p.
+
+    HF calls it once per step with the (float32) logits of the next position and the tokens so
+    far; the token drawn at step t is only visible at step t+1 (``input_ids[:, -1]``), so it
+    keeps the previous step's log-distribution ([N, V]) and gathers from it one step late.
+    ``finish(sequences)`` gathers the last one.
+    """
+
+    def __init__(self, suppressed: torch.Tensor, temperature: float, top_k: int, top_p: float):
+        self.suppressed = suppressed
+        self.temperature = temperature if temperature > 0 else 1.0
+        self.warpers = []
+        if top_k > 0:
+            self.warpers.append(TopKLogitsWarper(top_k=top_k))
+        if top_p < 1.0:
+            self.warpers.append(TopPLogitsWarper(top_p=top_p))
+        self.prev: torch.Tensor | None = None
+        self.steps: list[torch.Tensor] = []
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.Tensor:
+        if self.prev is not None:
+            self.steps.append(self.prev.gather(1, input_ids[:, -1:]).squeeze(1))
+        scores = scores.float().index_fill(1, self.suppressed.to(scores.device), float("-inf"))
+        scores = scores / self.temperature
+        self.prev = torch.log_softmax(scores, dim=-1)
+        for warp in self.warpers:
+            scores = warp(input_ids, scores)
+        return scores
+
+    def finish(self, sequences: torch.Tensor) -> torch.Tensor:
+        """[N, L] log π_T of the generated tokens (L = steps taken)."""
+        if self.prev is not None:
+            self.steps.append(self.prev.gather(1, sequences[:, -1:]).squeeze(1))
+            self.prev = None
+        return (
+            torch.stack(self.steps, dim=1)
+            if self.steps
+            else sequences.new_zeros((len(sequences), 0)).float()
+        )
+
+
+class Policy:
+    """A VLM + processor with the three operations RL needs: encode, sample, score.
+
+    Works with any ``AutoModelForImageTextToText`` model whose processor takes
+    ``(text=..., images=...)`` and whose chat template understands ``{"type": "image"}`` parts;
+    tested on tiny Qwen2.5-VL and Qwen3-VL (``ivr.models.tiny``).
+    """
+
+    def __init__(self, model: torch.nn.Module, processor: Any):
+        if not hasattr(processor, "tokenizer") or not hasattr(processor, "image_processor"):
+            raise ValueError(
+                f"Policy needs a multimodal processor with a tokenizer and an image processor, got "
+                f"{type(processor).__name__}"
+            )
+        self.model = model
+        self.processor = processor
+        tok = processor.tokenizer
+        gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        eos = [gen_eos] if isinstance(gen_eos, int) else list(gen_eos or [])
+        if tok.eos_token_id is not None and tok.eos_token_id not in eos:
+            eos.insert(0, tok.eos_token_id)
+        if not eos:
+            raise ValueError("neither the tokenizer nor the generation config defines an eos token")
+        self._eos = tuple(eos)
+        self._pad = tok.pad_token_id if tok.pad_token_id is not None else eos[0]
+        ids = {getattr(model.config, k, None) for k in _VISION_CONFIG_IDS}
+        vocab = tok.get_vocab()
+        ids |= {vocab.get(t) for t in _VISION_TOKENS}
+        if self._pad not in self._eos:  # pad mid-sequence would be stripped as padding
+            ids.add(self._pad)
+        ids.discard(None)
+        self._suppressed = tuple(sorted(i for i in ids if isinstance(i, int) and i >= 0))
+        self._suppressed_t = torch.tensor(self._suppressed, dtype=torch.long)
+
+    # ---------------------------------------------------------------- loading
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        *,
+        processor: Any = None,
+        dtype: str | torch.dtype = "float32",
+        device: str | torch.device = "cpu",
+        attn_implementation: str | None = None,
+        min_pixels: int | None = None,
+        max_pixels: int | None = None,
+        trust_remote_code: bool = False,
+    ) -> Policy:
+        """Load model + processor from a local directory (or a Hub id on a machine that can reach
+        the Hub). ``min_pixels``/``max_pixels`` override the image processor's resize limits.
+
+        Errors name the culprit: a missing directory, a directory that is not a model (no
+        config.json) or an unreachable Hub id → ``FileNotFoundError``; no usable processor →
+        ``ValueError``. The model is loaded with ``AutoModelForImageTextToText``.
+        """
+        source = _resolve_model_path(path, trust_remote_code)
+        if isinstance(dtype, str) and dtype != "auto":
+            if not isinstance(getattr(torch, dtype, None), torch.dtype):
+                raise ValueError(
+                    f"unknown dtype {dtype!r} (use e.g. 'float32', 'bfloat16', 'auto')"
+                )
+            dtype = getattr(torch, dtype)
+        kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": trust_remote_code}
+        if attn_implementation is not None:
+            kwargs["attn_implementation"] = attn_implementation
+        if processor is None:  # before the weights: a missing processor should fail fast
+            processor = _load_processor(source, trust_remote_code)
+        if min_pixels is not None or max_pixels is not None:
+            _set_pixel_limits(processor, min_pixels, max_pixels)
+        model = AutoModelForImageTextToText.from_pretrained(source, **kwargs).to(device)
+        return cls(model, processor)
+
+    # ---------------------------------------------------------------- properties
+    @property
+    def tokenizer(self) -> Any:
+        return self.processor.tokenizer
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def eos_token_ids(self) -> tuple[int, ...]:
+        """Tokens that end a completion (tokenizer eos first, then the generation config's)."""
+        return self._eos
+
+    @property
+    def pad_token_id(self) -> int:
+        return self._pad
+
+    @property
+    def suppressed_token_ids(self) -> tuple[int, ...]:
+        """Tokens that sampling can never emit and that the scored distribution excludes: the
+        image/video/vision special tokens (and pad when pad is not an eos token)."""
+        return self._suppressed
+
+    # ---------------------------------------------------------------- encode
+    def encode(
+        self, prompts: Sequence[Prompt], *, add_generation_prompt: bool = True
+    ) -> BatchFeature:
+        """Chat template → processor, left-padded, on the policy's device.
+
+        Returns every field the processor produces (``input_ids``, ``attention_mask``,
+        ``pixel_values``, ``image_grid_thw``, ``mm_token_type_ids``, …): pass them all to the model.
+        """
+        if len(prompts) == 0:
+            raise ValueError("encode() needs at least one prompt")
+        texts, images = [], []
+        for i, prompt in enumerate(prompts):
+            n = count_image_placeholders(prompt.messages)
+            if n != len(prompt.images):
+                raise ValueError(
+                    f"prompt {i}: {n} image placeholder(s) in the messages but {len(prompt.images)} "
+                    f"image(s) given"
+                )
+            texts.append(
+                self.processor.apply_chat_template(
+                    list(prompt.messages),
+                    tokenize=False,
+                    add_generation_prompt=add_generation_prompt,
+                )
+            )
+            images.extend(prompt.images)
+        batch = self.processor(
+            text=texts,
+            images=images or None,
+            padding=True,
+            padding_side="left",
+            return_tensors="pt",
+        )
+        return batch.to(self.device)
+
+    # ---------------------------------------------------------------- sample
+    @torch.no_grad()
+    def generate(
+        self,
+        prompts: Sequence[Prompt],
+        *,
+        max_new_tokens: int = 256,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        num_return_sequences: int = 1,
+        seed: int | None = None,
+    ) -> list[list[Generation]]:
+        """Sample ``num_return_sequences`` completions per prompt → ``out[prompt][sample]``.
+
+        ``temperature=0`` is greedy. ``Generation.logprobs`` holds log π_T of each token (see the
+        module docstring: temperature applied, top-k/top-p not). Token ids include the eos token
+        when the completion finished; ``text`` is decoded without special tokens.
+        """
+        batch = self.encode(prompts)
+        greedy = temperature <= 0
+        recorder = _SamplingProcessor(
+            self._suppressed_t, temperature, 0 if greedy else top_k, 1.0 if greedy else top_p
+        )
+        sampling = {"temperature": 1.0, "top_k": 0, "top_p": 1.0} if not greedy else {}
+        config = GenerationConfig(  # temperature/top-k/top-p are applied by the recorder
+            max_new_tokens=max_new_tokens,
+            do_sample=not greedy,
+            **sampling,
+            num_beams=1,
+            num_return_sequences=1 if greedy else num_return_sequences,  # greedy: copies below
+            eos_token_id=list(self._eos),
+            pad_token_id=self._pad,
+            return_dict_in_generate=True,
+        )
+        seed_ctx = _seeded(seed, self.device) if seed is not None else contextlib.nullcontext()
+        with seed_ctx, _fresh_generation_config(self.model):
+            out = self.model.generate(
+                **batch, generation_config=config, logits_processor=LogitsProcessorList([recorder])
+            )
+        prompt_len = batch["input_ids"].shape[1]
+        new = out.sequences[:, prompt_len:].cpu()
+        logprobs = recorder.finish(out.sequences).cpu()
+        gens = [self._to_generation(new[r], logprobs[r]) for r in range(new.shape[0])]
+        if greedy:
+            return [[g] * num_return_sequences for g in gens]
+        n = num_return_sequences
+        return [gens[i * n : (i + 1) * n] for i in range(len(prompts))]
+
+    def _to_generation(self, ids: torch.Tensor, logprobs: torch.Tensor) -> Generation:
+        ids_list = ids.tolist()
+        end = next((j for j, t in enumerate(ids_list) if t in self._eos), None)
+        finished = end is not None
+        if finished:
+            ids_list = ids_list[: end + 1]
+        else:
+            while ids_list and ids_list[-1] == self._pad:
+                ids_list.pop()
+        lp = logprobs[: len(ids_list)].tolist()
+        text = self.tokenizer.decode(ids_list, skip_special_tokens=True)
+        return Generation(
+            text=text, token_ids=tuple(ids_list), logprobs=tuple(lp), finished=finished
+        )
+
+    # ---------------------------------------------------------------- score
+    def completion_logprobs(
+        self,
+        prompts: Sequence[Prompt],
+        completions: Sequence[Sequence[int]],
+        *,
+        temperature: float = 1.0,
+        micro_batch_size: int | None = None,
+        with_grad: bool = False,
+        return_entropy: bool = False,
+    ) -> LogprobOutput:
+        """log π_T(completion tokens | prompt) in one forward per micro-batch.
+
+        Prompt left-padded, completion appended, right-padded to the longest completion T of the
+        whole call. With ``with_grad`` the graph is kept (call it per optimiser micro-batch to
+        bound memory); otherwise it runs under ``no_grad``. ``temperature=0`` scores at T = 1,
+        like greedy ``generate``.
+        """
+        if len(prompts) != len(completions):
+            raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
+        T = max((len(c) for c in completions), default=0)
+        B = len(prompts)
+        mb = micro_batch_size or B
+        parts_lp, parts_ent = [], []
+        grad_ctx = contextlib.nullcontext() if with_grad else torch.no_grad()
+        with grad_ctx:
+            for s in range(0, B, mb):
+                lp, ent = self._score(
+                    prompts[s : s + mb], completions[s : s + mb], T, temperature, return_entropy
+                )
+                parts_lp.append(lp)
+                parts_ent.append(ent)
+        mask = torch.zeros(B, T, dtype=torch.bool, device=self.device)
+        for b, c in enumerate(completions):
+            mask[b, : len(c)] = True
+        logprobs = torch.cat(parts_lp) if parts_lp else torch.zeros(0, T, device=self.device)
+        entropy = torch.cat(parts_ent) if return_entropy and parts_ent else None
+        return LogprobOutput(logprobs=logprobs, mask=mask, entropy=entropy)
+
+    def _score(self, prompts, completions, T, temperature, return_entropy):
+        """One micro-batch → ([b, T] logprobs, [b, T] entropy | None), zeros past each end."""
+        b = len(prompts)
+        dev = self.device
+        if T == 0:
+            z = torch.zeros(b, 0, device=dev)
+            return z, (z if return_entropy else None)
+        batch = self.encode(prompts)
+        P = batch["input_ids"].shape[1]
+        comp = torch.full((b, T), self._pad, dtype=torch.long, device=dev)
+        comp_mask = torch.zeros(b, T, dtype=batch["attention_mask"].dtype, device=dev)
+        for i, c in enumerate(completions):
+            comp[i, : len(c)] = torch.as_tensor(list(c), dtype=torch.long)
+            comp_mask[i, : len(c)] = 1
+        inputs = dict(batch)
+        for key, value in batch.items():
+            # Per-token fields ([b, P]: attention_mask, mm_token_type_ids, token_type_ids …) are
+            # extended over the completion: ids, the completion mask, or zeros (= text).
+            per_token = isinstance(value, torch.Tensor) and value.shape == (b, P)
+            if per_token and not value.is_floating_point():
+                ext = {"input_ids": comp, "attention_mask": comp_mask}.get(key)
+                if ext is None:
+                    ext = torch.zeros(b, T, dtype=value.dtype, device=dev)
+                inputs[key] = torch.cat([value, ext.to(value.dtype)], dim=1)
+        # logits for positions P-1 … P+T-2 predict the T completion tokens; logits_to_keep=T+1
+        # keeps the last T+1 positions, the last of which predicts nothing we score.
+        out = self.model(**inputs, use_cache=False, logits_to_keep=T + 1)
+        logits = out.logits[:, :-1, :].float()
+        logits = logits.index_fill(-1, self._suppressed_t.to(dev), float("-inf"))
+        if temperature > 0 and temperature != 1.0:
+            logits = logits / temperature
+        lse = logits.logsumexp(-1)  # log π_T(t) = logit_t/T − logsumexp(logits/T)
+        valid = comp_mask.bool()
+        logprobs = logits.gather(-1, comp.unsqueeze(-1)).squeeze(-1) - lse
+        logprobs = logprobs.masked_fill(~valid, 0.0)
+        entropy = None
+        if return_entropy:  # H = logsumexp − Σ p·logit (suppressed tokens: p = 0, skip their −inf)
+            p = torch.softmax(logits, dim=-1)
+            finite = logits.masked_fill(torch.isinf(logits), 0.0)
+            entropy = (lse - (p * finite).sum(-1)).masked_fill(~valid, 0.0)
+        return logprobs, entropy
+
+
+# -------------------------------------------------------------------- helpers
+def _resolve_model_path(path: str | Path, trust_remote_code: bool) -> str:
+    """A local model directory, or a Hub id when nothing local has that name; errors name it."""
+    p = Path(path).expanduser()
+    if p.exists():
+        if not (p / "config.json").is_file():
+            raise FileNotFoundError(
+                f"{str(p)!r} is not a Hugging Face model directory (no config.json)"
+            )
+        return str(p)
+    if not _HUB_ID.match(str(path)):
+        raise FileNotFoundError(f"model directory {str(path)!r} does not exist")
+    try:  # "org/name": maybe a Hub model (cached, or downloadable where that is allowed)
+        AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise FileNotFoundError(
+            f"{str(path)!r} is neither a local model directory nor a reachable Hub model: {e}"
+        ) from e
+    return str(path)
+
+
+def _load_processor(path: str, trust_remote_code: bool) -> Any:
+    """AutoProcessor first; if it fails or returns a bare tokenizer (the stock Qwen processors need
+    torchvision for their video processor), the image-only subclass for the model type."""
+    register_image_only_processors()
+    error: Exception | None = None
+    try:
+        proc = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
+        if hasattr(proc, "image_processor") and hasattr(proc, "tokenizer"):
+            return proc
+    except (OSError, ValueError, ImportError, TypeError) as e:
+        error = e
+    model_type = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code).model_type
+    fallback = IMAGE_ONLY_PROCESSORS.get(model_type)
+    if fallback is not None:
+        try:
+            return fallback.from_pretrained(path)
+        except (OSError, ValueError, TypeError) as e:
+            error = e
+    raise ValueError(
+        f"no usable image processor in {path!r}: a VLM directory needs processor_config.json or "
+        f"preprocessor_config.json next to the tokenizer files (pass processor=... to "
+        f"Policy.from_pretrained otherwise)" + (f"; loading failed with: {error}" if error else "")
+    ) from error
+
+
+def _set_pixel_limits(processor: Any, min_pixels: int | None, max_pixels: int | None) -> None:
+    """Override the Qwen-style resize limits in place (``size`` = {shortest,longest}_edge)."""
+    from transformers.image_utils import SizeDict
+
+    ip = processor.image_processor
+    size = dict(shortest_edge=ip.size.shortest_edge, longest_edge=ip.size.longest_edge)
+    if min_pixels is not None:
+        size["shortest_edge"] = min_pixels
+    if max_pixels is not None:
+        size["longest_edge"] = max_pixels
+    ip.size = SizeDict(**size)
+
+
+@contextlib.contextmanager
+def _seeded(seed: int, device: torch.device) -> Iterator[None]:
+    """Seed sampling without disturbing the caller's global RNG streams."""
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+@contextlib.contextmanager
+def _fresh_generation_config(model: torch.nn.Module) -> Iterator[None]:
+    """HF fills every unset generate() option from ``model.generation_config`` (e.g. Qwen's
+    repetition_penalty=1.05, top_k=1): swap in a blank one so only our options apply."""
+    owner = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT
+    saved = owner.generation_config
+    owner.generation_config = GenerationConfig()
+    try:
+        yield
+    finally:
+        owner.generation_config = saved
