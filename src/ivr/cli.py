@@ -59,10 +59,19 @@ def cmd_build_tiny(args: argparse.Namespace) -> int:
     if args.corpus:
         from .data.dataset import load_sft_rows
 
-        corpus = [m["content"] if isinstance(m["content"], str) else str(m["content"])
-                  for row in load_sft_rows(args.corpus) for m in row["messages"]]
-    out = build_tiny_vlm(args.out, arch=args.arch, hidden=args.hidden, layers=args.layers,
-                         seed=args.seed, corpus=corpus)
+        corpus = [
+            m["content"] if isinstance(m["content"], str) else str(m["content"])
+            for row in load_sft_rows(args.corpus)
+            for m in row["messages"]
+        ]
+    out = build_tiny_vlm(
+        args.out,
+        arch=args.arch,
+        hidden=args.hidden,
+        layers=args.layers,
+        seed=args.seed,
+        corpus=corpus,
+    )
     print(f"wrote {out}")
     return 0
 
@@ -142,9 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .config import ConfigError
-
     import os
+
+    from .config import ConfigError
 
     try:
         return args.fn(args)

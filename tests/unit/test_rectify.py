@@ -40,10 +40,7 @@ class ScriptedPolicy:
         for p in prompts:
             text = p.messages[-1]["content"][-1]["text"]
             prev = text.split("A previous answer was:\n", 1)[1].split("\n", 1)[0]
-            if "Critique:" in text:
-                reply = self.script[prev]
-            else:
-                reply = f"critique of {prev}"
+            reply = self.script[prev] if "Critique:" in text else f"critique of {prev}"
             out.append([Generation(text=reply, token_ids=tuple(range(len(reply.split()))))])
         return out
 
