@@ -40,15 +40,9 @@ def cmd_sft(args: argparse.Namespace) -> int:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from .data.synth import generate_dataset
+    from .data.synth import run_synth
 
-    kwargs = {"n": args.n, "seed": args.seed}
-    if args.tasks:
-        kwargs["tasks"] = args.tasks.split(",")
-    if args.levels:
-        kwargs["levels"] = [int(x) for x in args.levels.split(",")]
-    out = generate_dataset(args.out, **kwargs)
-    print(f"wrote {out}")
+    run_synth(args)
     return 0
 
 
@@ -109,11 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_sft)
 
     p = sub.add_parser("synth", help="render the synthetic visual-reasoning world")
-    p.add_argument("--out", required=True)
-    p.add_argument("--n", type=int, default=20000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--tasks", help="comma-separated task families (default: all)")
-    p.add_argument("--levels", help="comma-separated difficulty levels (default: all)")
+    from .data.synth import add_synth_arguments
+
+    add_synth_arguments(p)
     p.set_defaults(fn=cmd_synth)
 
     p = sub.add_parser("build-tiny", help="build a tiny random Qwen-VL offline (tests, demo)")

@@ -182,6 +182,12 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
         raise ConfigError(f"{where}: `{key}` = {value!r} should be {tp}")
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str):
+        # PyYAML (YAML 1.1) reads `2e-5` as a string; accept what any user means by it.
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if tp is bool and not isinstance(value, bool):
         raise ConfigError(f"{where}: `{key}` = {value!r} should be true or false")
     if tp is int and isinstance(value, bool):
@@ -304,6 +310,11 @@ def load_config(
     if overrides:
         data = _merge(data, parse_overrides(overrides))
         where = f"{where} (with overrides)"
+    return validate(_build(Config, data, "", where), where)
+
+
+def config_from_dict(data: dict[str, Any], where: str = "config") -> Config:
+    """The inverse of ``Config.to_dict``, validated (used to ship configs to worker processes)."""
     return validate(_build(Config, data, "", where), where)
 
 

@@ -22,6 +22,8 @@ def test_yaml_and_overrides_round_trip(tmp_path) -> None:
     cfg = load_config(path, ["algo.beta=0.04", "ivr.k=4", "model.path=/m"])
     assert cfg.algo.lr == 2e-5 and cfg.algo.beta == 0.04 and isinstance(cfg.algo.beta, float)
     assert cfg.ivr.enabled and cfg.ivr.k == 4 and cfg.model.path == "/m"
+    # YAML 1.1 reads `2e-5` (no dot) as a string; it is still a float to us.
+    assert load_config(None, ["algo.lr=2e-5"]).algo.lr == 2e-5
     out = tmp_path / "resolved.yaml"
     dump_config(cfg, out)
     assert load_config(out) == cfg
