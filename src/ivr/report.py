@@ -30,6 +30,14 @@ CURVES = [
 ]
 
 
+_CONTROL = dict.fromkeys(c for c in range(32) if c not in (9, 10, 13))
+
+
+def _esc(text: str) -> str:
+    """HTML-escape model output, dropping control bytes (an untrained model emits NULs)."""
+    return html.escape(str(text).translate(_CONTROL))
+
+
 def _png(fig) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
@@ -182,7 +190,7 @@ def _inspector(out: Path, data: Path | None, limit: int = 12) -> str:
     rejected = [t for t in traces if not t["accepted"]]
     chosen = accepted[: limit // 2] + rejected[: limit - min(len(accepted), limit // 2)]
     cards = []
-    e = html.escape
+    e = _esc
     for t in chosen:
         img = images.get(str(t["id"]))
         img_html = (
@@ -226,7 +234,7 @@ def write_report(
 ) -> Path:
     out = Path(out)
     data = Path(data) if data else None
-    e = html.escape
+    e = _esc
     header, rows = results_table(results)
     table = (
         "<table><tr>"
