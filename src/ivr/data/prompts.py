@@ -81,6 +81,14 @@ class PromptSet:
         return replace(cls(), **{k: str(v) for k, v in data.items()})
 
 
+def question_text(question: str, answer_type: str | None, prompts: PromptSet | None = None) -> str:
+    """The user text of a row's ORIGINAL prompt: the paper's answer-format instruction around the
+    question, except box rows, whose question carries its own output instruction (Vision-R1)."""
+    if answer_type == "boxes":
+        return question
+    return (prompts or PromptSet()).answer.format(question=question)
+
+
 def user_prompt(
     text: str,
     images: tuple = (),

@@ -60,7 +60,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
-from .prompts import PromptSet
+from .prompts import PromptSet, question_text
 
 __all__ = [
     "BACKGROUND",
@@ -598,12 +598,8 @@ def trace(query: dict[str, Any], scene: Iterable[Obj | dict[str, Any]], grid: in
 def question_prompt(
     question: str, answer_type: str | None, prompts: PromptSet | None = None
 ) -> str:
-    """The user text for a row: ``PromptSet.answer`` around the question, except box rows, whose
-    question carries its own output instruction (Vision-R1 convention; the trainer does the same).
-    """
-    if answer_type == "boxes":
-        return question
-    return (prompts or PromptSet()).answer.format(question=question)
+    """The user text for a row (``prompts.question_text``: the trainer uses the same)."""
+    return question_text(question, answer_type, prompts)
 
 
 # ----------------------------------------------------------------------------------- scene building

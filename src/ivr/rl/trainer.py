@@ -44,7 +44,7 @@ from torch import Tensor
 from ..config import Config, dump_config
 from ..data.dataset import load_samples
 from ..data.images import load_image
-from ..data.prompts import PromptSet, user_prompt
+from ..data.prompts import PromptSet, question_text, user_prompt
 from ..models.policy import Policy
 from ..rewards import LocalizationConfig
 from ..tracking import Tracker
@@ -56,14 +56,8 @@ from .scoring import RewardFn, Scorer
 
 
 def question_prompt(sample: Sample, images: Sequence[Any], prompts: PromptSet) -> Prompt:
-    """The ORIGINAL prompt of a sample: box tasks carry their own output instruction (Vision-R1
-    JSON); every other task gets the paper's ``<desc>``/``<think>``/``\\boxed{}`` instruction."""
-    text = (
-        sample.question
-        if sample.answer_type == "boxes"
-        else prompts.answer.format(question=sample.question)
-    )
-    return user_prompt(text, tuple(images))
+    """The ORIGINAL prompt of a sample (``prompts.question_text``), with its images."""
+    return user_prompt(question_text(sample.question, sample.answer_type, prompts), tuple(images))
 
 
 def step_seed(seed: int, step: int, rank: int = 0) -> int:
