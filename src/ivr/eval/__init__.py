@@ -1,1 +1,46 @@
-"""eval"""
+"""Evaluation: benchmark loaders, a resumable runner, COCO metrics, tables and plots.
+
+    from ivr.eval import evaluate, load_benchmark, coco_metrics, compare
+
+Names are imported on first use, so ``ivr --help`` (which imports ``ivr.eval.cli``) stays instant.
+See docs/eval.md.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "evaluate": "ivr.eval.runner",
+    "evaluate_benchmark": "ivr.eval.runner",
+    "summarize": "ivr.eval.runner",
+    "load_benchmark": "ivr.eval.loaders",
+    "Benchmark": "ivr.eval.loaders",
+    "BenchmarkFormatError": "ivr.eval.loaders",
+    "EvalItem": "ivr.eval.loaders",
+    "ImageDecodeError": "ivr.eval.loaders",
+    "SkippedRow": "ivr.eval.loaders",
+    "BENCHMARKS": "ivr.eval.loaders",
+    "coco_metrics": "ivr.eval.coco",
+    "compare": "ivr.eval.tables",
+    "compare_markdown": "ivr.eval.tables",
+    "load_results": "ivr.eval.tables",
+    "plot_results": "ivr.eval.tables",
+    "table1_markdown": "ivr.eval.tables",
+    "to_markdown": "ivr.eval.tables",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'ivr.eval' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

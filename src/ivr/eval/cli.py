@@ -1,0 +1,108 @@
+"""``ivr eval``: evaluate a checkpoint on benchmarks, or compare two finished runs.
+
+    ivr eval --model PATH --benchmarks mathvista,mmstar,synth:data/world --data-root DIR --out DIR
+    ivr eval --compare runs/sft runs/ivr [--out DIR]
+
+Only argparse at import time: ``ivr --help`` must not pay for torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+__all__ = ["add_eval_arguments", "run_eval"]
+
+
+def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``ivr eval`` flags to ``parser``."""
+    parser.add_argument("--model", help="model directory (or Hub id where the Hub is reachable)")
+    parser.add_argument(
+        "--benchmarks",
+        help="comma list: mathvista, mathverse, mathvision, mmstar, mmmu, mmmu_pro, NAME:DIR, "
+        "synth:PATH[@split], a dataset path, a VLMEvalKit .tsv (see docs/eval.md)",
+    )
+    parser.add_argument("--data-root", help="directory holding the local benchmark copies")
+    parser.add_argument("--out", help="run directory (predictions, tables, plot); reruns resume")
+    parser.add_argument("--limit", type=int, help="first N items of each benchmark")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--max-new-tokens", type=int, default=1024)
+    parser.add_argument(
+        "--temperature", type=float, default=0.0, help="0 = greedy (the paper's setting)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed when temperature > 0")
+    parser.add_argument("--prompts", help="YAML file overriding the prompt texts (PromptSet keys)")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1 … (default: cuda if available)")
+    parser.add_argument("--dtype", help="float32, bfloat16 … (default: bfloat16 on GPU)")
+    parser.add_argument("--min-pixels", type=int, help="image processor min_pixels override")
+    parser.add_argument("--max-pixels", type=int, help="image processor max_pixels override")
+    parser.add_argument(
+        "--compare",
+        nargs=2,
+        metavar=("RUN_A", "RUN_B"),
+        help="print per-benchmark deltas B − A of two finished runs (no model needed)",
+    )
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from ivr.eval import tables
+
+    run_a, run_b = args.compare
+    cmp = tables.compare(run_a, run_b)
+    label_a, label_b = Path(run_a).name or run_a, Path(run_b).name or run_b
+    text = tables.compare_markdown(cmp, label_a, label_b)
+    print(text)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "compare.md").write_text(text + "\n")
+        runs = {label_a: tables.load_results(run_a), label_b: tables.load_results(run_b)}
+        (out / "compare.json").write_text(json.dumps(cmp, indent=2) + "\n")
+        tables.plot_results(runs, out / "compare.png")
+        print(f"\nwrote {out / 'compare.md'}, {out / 'compare.png'}")
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    """Run ``ivr eval`` from parsed arguments; returns the exit status."""
+    if args.compare:
+        return _compare(args)
+    missing = [f for f in ("model", "benchmarks", "out") if not getattr(args, f)]
+    if missing:
+        flags = ", ".join("--" + m.replace("_", "-") for m in missing)
+        raise ValueError(f"missing {flags} (or use --compare RUN_A RUN_B)")
+
+    import torch
+
+    from ivr.data.prompts import PromptSet
+    from ivr.eval import tables
+    from ivr.eval.runner import evaluate
+    from ivr.models.policy import Policy
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = args.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
+    policy = Policy.from_pretrained(
+        args.model,
+        device=device,
+        dtype=dtype,
+        min_pixels=args.min_pixels,
+        max_pixels=args.max_pixels,
+    )
+    results = evaluate(
+        policy,
+        args.benchmarks,
+        data_root=args.data_root,
+        out_dir=args.out,
+        limit=args.limit,
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        prompts=PromptSet.load(args.prompts),
+        seed=args.seed,
+        log=lambda msg: print(msg, file=sys.stderr),
+    )
+    print(tables.table1_markdown({Path(args.model).name or args.model: results}))
+    print(f"\nwrote {Path(args.out) / tables.RESULTS_MD} and {tables.RESULTS_PNG}")
+    return 0

@@ -1,0 +1,442 @@
+"""Evaluate a policy on benchmarks: batched greedy generation, shared grading, resumable output.
+
+For each benchmark, top to bottom:
+
+    load      items from the local copy (ivr.eval.loaders); rows that cannot be used are
+              reported in ``skipped.jsonl``, never graded
+    resume    ``<out>/<bench>/predictions.jsonl`` is read back; ids already there are not redone
+    generate  batches of ``batch_size`` items, in file order, greedy by default (the paper's
+              setting), with the same prompt the trainer uses (``question_prompt``)
+    grade     ``ivr.rl.scoring.Scorer``: the very graders training rewards with, so an eval number
+              and a training reward never disagree about what "correct" means
+    write     one JSON line per item, flushed and fsync'ed after every batch: a run killed at any
+              point loses at most the batch in flight
+    summarize accuracy (percent) overall, per category and subcategory; format rate; for
+              localization items the Vision-R1 reward and COCO mAP/AP50/AP75/AR100
+
+The summary is computed from the prediction file, not from the run's memory, so a resumed run and
+an uninterrupted one produce the same tables. The settings a run was made with (prompt, decoding,
+model) are kept in ``run.json``; resuming into the same directory with different settings is
+refused rather than silently mixed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import zlib
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from ivr.data.prompts import PromptSet
+from ivr.eval.coco import coco_metrics
+from ivr.eval.loaders import (
+    Benchmark,
+    EvalItem,
+    ImageDecodeError,
+    SkippedRow,
+    load_benchmark,
+)
+
+__all__ = ["evaluate", "evaluate_benchmark", "summarize"]
+
+PREDICTIONS = "predictions.jsonl"
+SKIPPED = "skipped.jsonl"
+SUMMARY = "summary.json"
+RUN = "run.json"
+
+
+# --------------------------------------------------------------------------------------------
+# prediction files
+
+
+def read_predictions(path: Path) -> dict[str, dict[str, Any]]:
+    """Records of a prediction file by id. A torn last line (the run was killed mid-write) is
+    dropped and the file rewritten without it, so appending continues from a clean line."""
+    if not path.is_file():
+        return {}
+    records: dict[str, dict[str, Any]] = {}
+    lines = path.read_text().splitlines()
+    torn = False
+    for ln in lines:
+        if not ln.strip():
+            continue
+        try:
+            rec = json.loads(ln)
+        except json.JSONDecodeError:
+            torn = True
+            continue
+        records[str(rec["id"])] = rec
+    if torn or (lines and not path.read_bytes().endswith(b"\n")):
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in records.values()))
+        tmp.replace(path)
+    return records
+
+
+def _check_run(bdir: Path, settings: dict[str, Any]) -> None:
+    path = bdir / RUN
+    if path.is_file() and (bdir / PREDICTIONS).is_file():
+        before = json.loads(path.read_text())
+        diff = {k: (before.get(k), v) for k, v in settings.items() if before.get(k) != v}
+        if diff:
+            detail = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
+            raise ValueError(
+                f"{bdir}: predictions there were made with other settings ({detail}); "
+                "use another --out directory, or delete the directory to start over"
+            )
+    path.write_text(json.dumps(settings, indent=2) + "\n")
+
+
+# --------------------------------------------------------------------------------------------
+# one benchmark
+
+
+@dataclass
+class _Timing:
+    generate_s: float = 0.0
+    samples: int = 0
+
+
+def _model_name(policy: Any) -> str | None:
+    model = getattr(policy, "model", None)
+    name = getattr(model, "name_or_path", None) or getattr(policy, "name_or_path", None)
+    return str(name) if name else None
+
+
+def _input_size(policy: Any, image: Any) -> tuple[int, int] | None:
+    """(width, height) of ``image`` as the model sees it after the processor's resize (Qwen-VL:
+    grid × patch), for rescaling predicted boxes; None if the processor does not tell."""
+    proc = getattr(getattr(policy, "processor", None), "image_processor", None)
+    if proc is None:
+        return None
+    try:
+        grid = proc(images=[image], return_tensors="np")["image_grid_thw"][0]
+        patch = int(proc.patch_size)
+    except Exception:  # not a Qwen-style processor
+        return None
+    return int(grid[2]) * patch, int(grid[1]) * patch
+
+
+def _batch_seed(seed: int, items: Sequence[EvalItem]) -> int:
+    """Per-batch seed from the batch's first id: a resumed run samples as an uninterrupted one."""
+    return (seed * 1_000_003 + zlib.crc32(items[0].id.encode())) % (2**31)
+
+
+def _grade(
+    scorer: Any, items: Sequence[EvalItem], texts: Sequence[str], input_sizes: Sequence[Any]
+) -> list[dict[str, Any]]:
+    from ivr.rewards import extract_boxed
+
+    samples = [
+        it.to_sample(input_size=size) if size else it.to_sample()
+        for it, size in zip(items, input_sizes)
+    ]
+    scores = scorer(samples, texts)
+    records = []
+    for it, sample, text, score in zip(items, samples, texts, scores):
+        correct = score.correct
+        if correct is False and it.accepted:  # MMMU open questions: any accepted answer counts
+            alts = [replace(sample, answer=a) for a in it.accepted]
+            correct = any(s.correct for s in scorer(alts, [text] * len(alts)))
+        rec: dict[str, Any] = {
+            "id": it.id,
+            "category": it.category,
+            "subcategory": it.subcategory,
+            "answer": it.answer,
+            "prediction": None if it.is_localization else extract_boxed(text),
+            "correct": correct,
+            "reward": score.reward,
+            "components": score.components,
+            "response": text,
+        }
+        if it.is_localization:
+            rec.update(_predicted_boxes(text, sample))
+        scene = it.extra.get("scene")
+        if scene is not None and not it.is_localization:  # the synthetic world knows the scene
+            from ivr.data.synth import description_fidelity
+
+            fid = description_fidelity(text, scene)
+            rec["description"] = {"exact": fid["exact"], "f1": fid["f1"]}
+        records.append(rec)
+    return records
+
+
+def _predicted_boxes(text: str, sample: Any) -> dict[str, Any]:
+    """The boxes of a localization answer in original-image pixels (what COCO scores)."""
+    import numpy as np
+
+    from ivr.rewards.localization import parse_boxes, rescale_boxes
+
+    parsed = parse_boxes(text) or []
+    boxes = np.array([o["bbox_2d"] for o in parsed], dtype=float).reshape(-1, 4)
+    input_size = sample.extra.get("input_size")
+    if sample.image_size is not None and len(boxes):
+        boxes = rescale_boxes(boxes, input_size, sample.image_size)
+    return {
+        "pred_boxes": [[round(float(v), 2) for v in b] for b in boxes],
+        "pred_labels": [o.get("label") for o in parsed],
+    }
+
+
+def evaluate_benchmark(
+    policy: Any,
+    bench: Benchmark,
+    out_dir: Path,
+    *,
+    batch_size: int = 16,
+    max_new_tokens: int = 1024,
+    temperature: float = 0.0,
+    prompts: PromptSet | None = None,
+    seed: int = 0,
+    log: Callable[[str], None] | None = print,
+) -> dict[str, Any]:
+    """Run (or resume) one loaded benchmark into ``out_dir/<bench.name>/``; return its summary."""
+    from ivr.rl.scoring import Scorer
+    from ivr.rl.trainer import question_prompt
+
+    prompts = prompts or PromptSet()
+    scorer = Scorer()
+    bdir = Path(out_dir) / bench.name
+    bdir.mkdir(parents=True, exist_ok=True)
+    settings = {
+        "benchmark": bench.name,
+        "model": _model_name(policy),
+        "prompt": prompts.answer,
+        "max_new_tokens": max_new_tokens,
+        "temperature": temperature,
+        "seed": seed,
+    }
+    _check_run(bdir, settings)
+    pred_path = bdir / PREDICTIONS
+    done = read_predictions(pred_path)
+    todo = [it for it in bench.items if it.id not in done]
+    skipped = list(bench.skipped)
+    timing = _Timing()
+    if log and done:
+        log(f"{bench.name}: resuming, {len(done)} predictions already in {pred_path}")
+    with pred_path.open("a") as f:
+        for start in range(0, len(todo), batch_size):
+            batch = todo[start : start + batch_size]
+            ready, chats, sizes = [], [], []
+            for it in batch:
+                try:
+                    images = it.load_images()
+                except ImageDecodeError as e:
+                    skipped.append(SkippedRow(bench.name, it.source, str(e), it.id))
+                    continue
+                size = None
+                if it.is_localization:
+                    size = _input_size(policy, images[0])
+                    if it.image_size is None:  # boxes are in the pixels of the image as stored
+                        it = replace(it, image_size=images[0].size)
+                ready.append(it)
+                chats.append(question_prompt(it.to_sample(), images, prompts))
+                sizes.append(size)
+            if not ready:
+                continue
+            t0 = time.perf_counter()
+            gens = policy.generate(
+                chats,
+                max_new_tokens=max_new_tokens,
+                temperature=temperature,
+                top_p=1.0,
+                num_return_sequences=1,
+                seed=_batch_seed(seed, ready),
+            )
+            timing.generate_s += time.perf_counter() - t0
+            timing.samples += len(ready)
+            texts = [g[0].text for g in gens]
+            for rec, g in zip(_grade(scorer, ready, texts, sizes), gens):
+                rec["finished"] = g[0].finished
+                rec["num_tokens"] = len(g[0].token_ids)
+                line = json.dumps(rec)
+                f.write(line + "\n")
+                done[rec["id"]] = json.loads(line)  # exactly what a resumed run reads back
+            f.flush()
+            os.fsync(f.fileno())
+            if log:
+                rate = timing.samples / max(timing.generate_s, 1e-9)
+                log(
+                    f"{bench.name}: {len(done)}/{len(bench.items)} done "
+                    f"({rate:.2f} samples/s generating)"
+                )
+    with (bdir / SKIPPED).open("w") as f:
+        for s in skipped:
+            f.write(json.dumps(s.to_json()) + "\n")
+    if log and skipped:
+        log(f"{bench.name}: {len(skipped)} rows skipped (not graded), see {bdir / SKIPPED}")
+    summary = summarize(bench, done, skipped)
+    summary["timing"] = {
+        "generate_s": round(timing.generate_s, 3),
+        "samples": timing.samples,
+        "samples_per_s": round(timing.samples / timing.generate_s, 3) if timing.samples else None,
+    }
+    (bdir / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+# --------------------------------------------------------------------------------------------
+# scoring a prediction file
+
+
+def _pct(correct: int, n: int) -> float | None:
+    return round(100.0 * correct / n, 2) if n else None
+
+
+def _breakdown(records: Iterable[dict[str, Any]], key: str) -> dict[str, dict[str, Any]]:
+    groups: dict[str, list[bool]] = {}
+    for r in records:
+        value = r.get(key) or "—"
+        for v in value if isinstance(value, list | tuple) else [value]:  # MathVista: per skill
+            groups.setdefault(str(v), []).append(bool(r["correct"]))
+    return {
+        k: {"n": len(v), "correct": sum(v), "accuracy": _pct(sum(v), len(v))}
+        for k, v in sorted(groups.items())
+    }
+
+
+def summarize(
+    bench: Benchmark, predictions: dict[str, dict[str, Any]], skipped: Sequence[SkippedRow] = ()
+) -> dict[str, Any]:
+    """The benchmark's numbers from its prediction records (only ids of ``bench.items`` count).
+
+    ``accuracy`` is a percentage over graded text items; for MMMU-Pro (``macro_over_categories``)
+    it is the unweighted mean of its two settings. ``score`` — the number that enters the Table 1
+    average — is ``accuracy``, or ``100 × mAP`` for a benchmark made only of localization items.
+    """
+    records = [predictions[it.id] for it in bench.items if it.id in predictions]
+    items = {it.id: it for it in bench.items}
+    text = [r for r in records if r.get("correct") is not None]
+    loc = [r for r in records if r.get("correct") is None]
+    correct = sum(bool(r["correct"]) for r in text)
+    categories = _breakdown(text, "category")
+    if bench.macro_over_categories and categories:
+        accs = [c["accuracy"] for c in categories.values()]
+        accuracy = round(sum(accs) / len(accs), 2)
+    else:
+        accuracy = _pct(correct, len(text))
+    fmt = [r["components"]["format"] for r in text if "format" in r.get("components", {})]
+    desc = [r["description"] for r in records if r.get("description")]
+    summary: dict[str, Any] = {
+        "name": bench.name,
+        "title": bench.title,
+        "path": str(bench.path),
+        "items": len(bench.items),
+        "graded": len(records),
+        "skipped": len(skipped),
+        "pending": len(bench.items) - len(records) - len({s.id for s in skipped if s.id in items}),
+        "correct": correct,
+        "accuracy": accuracy,
+        "format_rate": _pct(int(sum(fmt)), len(fmt)),
+        "categories": categories,
+        "subcategories": _breakdown(text, "subcategory"),
+    }
+    if desc:  # description fidelity against the true scene (synthetic world), in percent
+        summary["description"] = {
+            k: round(100 * sum(d[k] for d in desc) / len(desc), 2) for k in ("exact", "f1")
+        }
+    if loc:
+        preds, gts, subsets = [], [], []
+        for r in loc:
+            it = items[r["id"]]
+            preds.append({"boxes": r.get("pred_boxes") or [], "labels": r.get("pred_labels")})
+            gts.append({"boxes": [list(b) for b in it.boxes or ()], "labels": it.labels})
+            subsets.append(it.category or "—")
+        rewards = [float(r["reward"]) for r in loc]
+        summary["localization"] = {
+            "n": len(loc),
+            "reward": round(sum(rewards) / len(rewards), 4),
+            **coco_metrics(preds, gts, class_agnostic=not any(it.labels for it in items.values())),
+        }
+    summary["score"] = (
+        accuracy
+        if text or not loc
+        else (
+            None if summary["localization"]["mAP"] is None else 100 * summary["localization"]["mAP"]
+        )
+    )
+    return summary
+
+
+# --------------------------------------------------------------------------------------------
+# many benchmarks
+
+
+def _specs(benchmarks: str | Sequence[str | Benchmark]) -> list[str | Benchmark]:
+    if isinstance(benchmarks, str):
+        return [b.strip() for b in benchmarks.split(",") if b.strip()]
+    return list(benchmarks)
+
+
+def evaluate(
+    policy: Any,
+    benchmarks: str | Sequence[str | Benchmark],
+    *,
+    data_root: str | Path | None = None,
+    out_dir: str | Path,
+    limit: int | None = None,
+    batch_size: int = 16,
+    max_new_tokens: int = 1024,
+    temperature: float = 0.0,
+    prompts: PromptSet | None = None,
+    seed: int = 0,
+    log: Callable[[str], None] | None = print,
+) -> dict[str, Any]:
+    """Evaluate ``policy`` on ``benchmarks`` (a comma list of specs, specs, or loaded
+    :class:`Benchmark`) and write per-benchmark predictions and summaries plus ``results.json``,
+    ``results.md`` and ``results.png`` to ``out_dir``. Rerunning the same command resumes.
+
+    Returns ``{"benchmarks": {name: summary}, "average": …, "settings": …}``; ``average`` is the
+    unweighted mean of the benchmarks' scores (the "avg" column of the paper's Table 1).
+    """
+    from ivr.eval import tables
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    loaded: list[Benchmark] = []
+    for spec in _specs(benchmarks):
+        bench = (
+            spec if isinstance(spec, Benchmark) else load_benchmark(spec, data_root, limit=limit)
+        )
+        if isinstance(spec, Benchmark) and limit is not None:
+            bench.items = bench.items[:limit]
+        names = {b.name for b in loaded}
+        base, k = bench.name, 2
+        while bench.name in names:  # two datasets with the same file name
+            bench.name = f"{base}_{k}"
+            k += 1
+        if log:
+            extra = f", {len(bench.skipped)} rows skipped" if bench.skipped else ""
+            log(f"{bench.name}: {len(bench.items)} items from {bench.path}{extra}")
+        loaded.append(bench)
+    summaries = {
+        b.name: evaluate_benchmark(
+            policy,
+            b,
+            out,
+            batch_size=batch_size,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            prompts=prompts,
+            seed=seed,
+            log=log,
+        )
+        for b in loaded
+    }
+    results = tables.make_results(
+        summaries,
+        settings={
+            "model": _model_name(policy),
+            "limit": limit,
+            "batch_size": batch_size,
+            "max_new_tokens": max_new_tokens,
+            "temperature": temperature,
+            "seed": seed,
+        },
+    )
+    tables.write_results(results, out)
+    return results
