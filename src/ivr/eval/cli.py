@@ -39,6 +39,18 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-pixels", type=int, help="image processor min_pixels override")
     parser.add_argument("--max-pixels", type=int, help="image processor max_pixels override")
     parser.add_argument(
+        "--rereason",
+        type=int,
+        default=0,
+        metavar="N",
+        help="then re-reason every wrong answer for up to N rounds (paper Fig. 5; oracle screen)",
+    )
+    parser.add_argument(
+        "--rereason-context",
+        default="image",
+        help="comma list of rectification contexts: image, description (paper §5.2)",
+    )
+    parser.add_argument(
         "--compare",
         nargs=2,
         metavar=("RUN_A", "RUN_B"),
@@ -105,4 +117,22 @@ def run_eval(args: argparse.Namespace) -> int:
     )
     print(tables.table1_markdown({Path(args.model).name or args.model: results}))
     print(f"\nwrote {Path(args.out) / tables.RESULTS_MD} and {tables.RESULTS_PNG}")
+    if args.rereason:
+        from ivr.eval.loaders import load_benchmark
+        from ivr.eval.rereason import rereason_benchmark, rereason_markdown
+
+        contexts = [c.strip() for c in args.rereason_context.split(",") if c.strip()]
+        bad = [c for c in contexts if c not in ("image", "description")]
+        if bad:
+            raise ValueError(f"--rereason-context: {bad} not in ['image', 'description']")
+        curves: dict[str, dict[str, list[float]]] = {}
+        for spec in [b.strip() for b in args.benchmarks.split(",") if b.strip()]:
+            bench = load_benchmark(spec, args.data_root, limit=args.limit)
+            for ctx in contexts:
+                res = rereason_benchmark(
+                    policy, bench, args.out, rounds=args.rereason, context=ctx,
+                    max_new_tokens=args.max_new_tokens, prompts=PromptSet.load(args.prompts),
+                )  # fmt: skip
+                curves.setdefault(bench.name, {})[ctx] = res["accuracy_by_round"]
+        print("\n" + rereason_markdown(curves))
     return 0
