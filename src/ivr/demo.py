@@ -45,6 +45,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         eval_n=48,
         max_new_tokens=80,
         loc_n=200,
+        loc_sft_steps=20,
     ),
     "default": dict(
         n=10000,
@@ -58,7 +59,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         group=8,
         eval_n=500,
         max_new_tokens=96,
-        loc_n=2000,
+        loc_n=3000,
+        loc_sft_steps=600,
     ),
     "full": dict(
         n=20000,
@@ -72,7 +74,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         group=8,
         eval_n=1000,
         max_new_tokens=96,
-        loc_n=4000,
+        loc_n=6000,
+        loc_sft_steps=1500,
     ),
 }
 
@@ -185,28 +188,28 @@ def _run_parallel(jobs: list[tuple[str, Callable, tuple]], workers: int, console
 
 
 # ------------------------------------------------------------------------------------ phases
-def phase_world(plan: Plan) -> Path:
+def phase_world(plan: Plan, name: str = "data", task: str = "count", n: int | None = None) -> Path:
     from .data.synth import generate_dataset
 
-    out = plan.out / "data"
+    out = plan.out / name
     if not (out / "meta.json").is_file():
         generate_dataset(
             out,
-            n=plan.p["n"],
+            n=n or plan.p["n"],
             n_test=plan.p["n_test"],
             seed=0,
-            tasks=["count"],
+            tasks=[task],
             levels=[1],
             overwrite=True,
         )
     return out
 
 
-def phase_base(plan: Plan, data: Path) -> Path:
+def phase_base(plan: Plan, data: Path, name: str = "base") -> Path:
     from .data.dataset import load_sft_rows, sft_texts
     from .models.tiny import build_tiny_vlm
 
-    out = plan.out / "models" / "base"
+    out = plan.out / "models" / name
     if not (out / "config.json").is_file():
         corpus = sft_texts(load_sft_rows(data / "sft.jsonl"))
         build_tiny_vlm(
@@ -220,11 +223,13 @@ def phase_base(plan: Plan, data: Path) -> Path:
     return out
 
 
-def phase_sft(plan: Plan, base: Path, data: Path) -> Path:
+def phase_sft(
+    plan: Plan, base: Path, data: Path, name: str = "sft", steps: int | None = None
+) -> Path:
     from .config import load_config
     from .sft import run_sft
 
-    out = plan.out / "sft"
+    out = plan.out / name
     if (out / "final" / "config.json").is_file():
         return out / "final"
     cfg = load_config(
@@ -234,7 +239,7 @@ def phase_sft(plan: Plan, base: Path, data: Path) -> Path:
             "model.device=cpu",
             f"data.eval={data}",
             f"sft.data={data}",
-            f"sft.steps={plan.p['sft_steps']}",
+            f"sft.steps={steps or plan.p['sft_steps']}",
             f"sft.batch_size={plan.p['sft_batch']}",
             "sft.lr=2e-3",
             "sft.warmup_steps=50",
@@ -245,7 +250,7 @@ def phase_sft(plan: Plan, base: Path, data: Path) -> Path:
             f"rollout.max_new_tokens={plan.p['max_new_tokens']}",
             f"train.output_dir={out}",
             "train.threads=1",
-            "train.resume=true",
+            f"train.resume={(out / 'checkpoints').is_dir()}",
             "log.tensorboard=false",
         ],
     )
@@ -274,7 +279,7 @@ def rl_config(
         f"train.steps={plan.p['rl_steps']}",
         f"train.prompts_per_step={plan.p['prompts_per_step']}",
         "train.save_every=10",
-        "train.resume=true",
+        f"train.resume={(plan.out / 'rl' / name / 'checkpoints').is_dir()}",
         "train.threads=1",
         "log.progress=false",
         "log.tensorboard=false",
@@ -351,6 +356,66 @@ def phase_rereason(plan: Plan, sft: Path, data: Path, console) -> dict[str, Any]
     return {
         c: json.loads((out / f"rereason_{c}.json").read_text()) for c in ("image", "description")
     }
+
+
+def _loc_eval_job(model_dir: str, data_dir: str, limit: int, out_dir: str) -> dict:
+    _job_env()
+    from .eval.loaders import load_benchmark
+    from .eval.runner import evaluate_benchmark
+    from .models.policy import Policy
+
+    bench = load_benchmark(f"synth:{data_dir}", limit=limit)
+    summary = evaluate_benchmark(
+        Policy.from_pretrained(model_dir), bench, Path(out_dir), max_new_tokens=LOC_TOKENS, log=None
+    )
+    loc = summary["localization"]
+    return {k: loc[k] for k in ("mAP", "AP50", "AP75", "AR100", "reward") if k in loc}
+
+
+LOC_TOKENS = 128  # three boxes in Qwen2.5-VL JSON fit with room to spare
+
+
+def phase_localization(plan: Plan, console) -> dict[str, Any]:
+    """Vision-R1 ablation: GRPO with the criteria-driven reward on the locate task, with the staged
+    threshold progression (switch at half of training) and without it (switch_at = 1)."""
+    data = phase_world(plan, "data_locate", task="locate", n=plan.p["loc_n"])
+    base = phase_base(plan, data, "base_locate")
+    sft = phase_sft(plan, base, data, "sft_locate", steps=plan.p["loc_sft_steps"])
+    runs = {}
+    for label, switch in (("staged", 0.5), ("no_stage", 1.0)):
+        name = f"locate_{label}"
+        cfg = rl_config(plan, sft, data, name, plan.seeds[0])
+        cfg["reward"]["loc_switch_at"] = switch
+        cfg["rollout"]["max_new_tokens"] = LOC_TOKENS
+        runs[name] = cfg
+    todo = [
+        (n, _train_job, (c,))
+        for n, c in runs.items()
+        if not (plan.out / "rl" / n / "final" / "config.json").is_file()
+    ]
+    console.print(f"[bold]ablation[/]: Vision-R1 localization ({len(todo)} runs to train)")
+    _run_parallel(todo, plan.workers, console)
+    models = {
+        "sft": sft,
+        **{n.removeprefix("locate_"): plan.out / "rl" / n / "final" for n in runs},
+    }
+    out = plan.out / "ablations" / "locate"
+    cached = out / "summary.json"
+    if cached.is_file():
+        return json.loads(cached.read_text())
+    jobs = [
+        (n, _loc_eval_job, (str(m), str(data), plan.p["eval_n"], str(out / n)))
+        for n, m in models.items()
+    ]
+    res = _run_parallel(jobs, plan.workers, console)
+    summary = {
+        "before (SFT)": res["sft"],
+        "after, staged thresholds": res["staged"],
+        "after, fixed thresholds": res["no_stage"],
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    cached.write_text(json.dumps(summary, indent=1))
+    return summary
 
 
 # ------------------------------------------------------------------------------------ results
@@ -461,6 +526,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
                 c: {"accuracy_by_round": r["accuracy_by_round"], "n": r["n"]}
                 for c, r in phase_rereason(plan, sft, data, console).items()
             },
+            "localization": phase_localization(plan, console),
         }
         lap("ablations")
     results["timings_s"] = timings

@@ -13,6 +13,7 @@ import base64
 import html
 import io
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -131,11 +132,14 @@ def verdict(results: dict[str, Any]) -> str:
     return head
 
 
+_METHOD_RUN = re.compile(r"^(grpo|ivr)(_k\d+)?_s\d+$")  # not the localization ablation's runs
+
+
 def _curves(out: Path) -> str | None:
-    runs = (
-        sorted(p for p in (out / "rl").glob("*_s*") if (p / "metrics.jsonl").is_file())
-        if (out / "rl").is_dir()
-        else []
+    runs = sorted(
+        p
+        for p in (out / "rl").glob("*")
+        if _METHOD_RUN.match(p.name) and (p / "metrics.jsonl").is_file()
     )
     if not runs:
         return None
