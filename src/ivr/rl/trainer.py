@@ -86,7 +86,7 @@ class Trainer:
         from accelerate import PartialState
 
         self.cfg = cfg
-        self.state = PartialState()
+        self.state = PartialState(cpu=_cpu_only(cfg))
         self.rank, self.world = self.state.process_index, self.state.num_processes
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
@@ -362,25 +362,36 @@ class Trainer:
     def update(
         self, groups: list[Group], prompts: list[Prompt], advantages: Tensor
     ) -> dict[str, float]:
-        """μ passes over minibatches of (prompt, completion) sequences with accumulation."""
+        """μ passes over minibatches of (prompt, completion) sequences with accumulation.
+
+        Multi-process: every rank takes the same number of optimiser steps (the most minibatches
+        any rank has), so the collectives line up even where a rank has fewer rows than the
+        others (groups dropped for a NaN reward) or none: it contributes a zero gradient.
+        """
         cfg, a = self.cfg, self.cfg.algo
         self._dirty = True
         rows = [(prompts[r.sample_index], r) for g in groups for r in g.rollouts]
-        if not rows:
+        n = len(rows)
+        mb = a.minibatch_size or max(n, 1)
+        n_minibatches = int(self._global_max(math.ceil(n / mb)))
+        if n_minibatches == 0:
             return {"loss/skipped": 1.0}
         temp = cfg.rollout.temperature or 1.0
-        ref_lp = self._ref_logprobs(rows, temp) if a.beta > 0 else None
-        n = len(rows)
-        mb = a.minibatch_size or n
+        ref_lp = self._ref_logprobs(rows, temp) if a.beta > 0 and rows else None
         sums: dict[str, float] = {}
         count, grad_norms = 0, []
         self.model.train()
         for _ in range(a.ppo_epochs):
             order = torch.randperm(n).tolist() if a.ppo_epochs > 1 or mb < n else list(range(n))
-            for start in range(0, n, mb):
+            for start in range(0, n_minibatches * mb, mb):
                 idx = order[start : start + mb]
-                total_tokens = self._global_sum(sum(len(rows[i][1].token_ids) for i in idx))
-                total_seqs = self._global_sum(len(idx))
+                # Micro-batches keep a group's rows together, longest first: the policy runs each
+                # prompt once per micro-batch and pads to that micro-batch's longest completion.
+                # The minibatch gradient does not depend on how the minibatch is split.
+                idx.sort(key=lambda i: (rows[i][1].sample_index, -len(rows[i][1].token_ids)))
+                total_tokens, total_seqs = self._global_sum(
+                    sum(len(rows[i][1].token_ids) for i in idx), len(idx)
+                )
                 self.optimizer.zero_grad(set_to_none=True)
                 for ms in range(0, len(idx), a.micro_batch_size):
                     micro = idx[ms : ms + a.micro_batch_size]
@@ -398,8 +409,9 @@ class Trainer:
                 self.scheduler.step()
         out = {f"loss/{k}": v / max(count, 1) for k, v in sums.items()}
         out["loss/grad_norm"] = float(np.mean(grad_norms))
-        out["loss/off_policy_sequences"] = float(sum(r.off_policy for _, r in rows))
-        out["completion_len"] = float(np.mean([len(r.token_ids) for _, r in rows]))
+        if rows:  # a rank without rows leaves these to the others (``_reduce`` averages the rest)
+            out["loss/off_policy_sequences"] = float(sum(r.off_policy for _, r in rows))
+            out["completion_len"] = float(np.mean([len(r.token_ids) for _, r in rows]))
         return out
 
     def _micro_step(
@@ -408,8 +420,13 @@ class Trainer:
         a = self.cfg.algo
         prompts = [rows[i][0] for i in micro]
         comps = [rows[i][1].token_ids for i in micro]
-        out = self.policy.completion_logprobs(
-            prompts, comps, temperature=temp, with_grad=True, return_entropy=True
+        out = self.policy.completion_logprobs(  # entropy is only reported: keep it off the graph
+            prompts,
+            comps,
+            temperature=temp,
+            with_grad=True,
+            return_entropy=True,
+            entropy_grad=False,
         )
         T = out.logprobs.shape[1]
         old = _pad([rows[i][1].old_logprobs or () for i in micro], T)
@@ -431,8 +448,8 @@ class Trainer:
             entropy=out.entropy,
         )
         # Re-weight the micro-batch mean into the minibatch-wide (all-rank) normalisation.
-        if a.aggregation == "token":
-            weight = float(out.mask.sum()) / max(total_tokens, 1)
+        if a.aggregation == "token":  # token count from the host: no device sync
+            weight = sum(len(rows[i][1].token_ids) for i in micro) / max(total_tokens, 1)
         else:
             weight = len(micro) / max(total_seqs, 1)
         (loss * weight).backward()
@@ -464,31 +481,77 @@ class Trainer:
         return list(lp.cpu())
 
     # ------------------------------------------------------------------ distributed helpers
-    def _global_sum(self, x: float) -> float:
+    # Every rank must make the same collective calls in the same order, whatever its data: the
+    # helpers below never branch on local content (missing gradients and metric keys included).
+    def _global_sum(self, *xs: float) -> Any:
+        """Sum of each value over ranks, in one collective; a single value for a single x."""
+        if self.world > 1:
+            t = torch.tensor([float(x) for x in xs], dtype=torch.float64, device=self.policy.device)
+            torch.distributed.all_reduce(t)
+            xs = tuple(t.tolist())
+        return xs[0] if len(xs) == 1 else tuple(xs)
+
+    def _global_max(self, x: float) -> float:
         if self.world == 1:
             return x
-        t = torch.tensor([float(x)], device=self.policy.device)
-        torch.distributed.all_reduce(t)
+        t = torch.tensor([float(x)], dtype=torch.float64, device=self.policy.device)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
         return float(t.item())
 
-    def _allreduce_grads(self) -> None:
+    def _allreduce_grads(self, bucket_numel: int = 1 << 24) -> None:
         """Sum gradients across ranks: each rank's loss is already weighted by its share of the
-        global minibatch, so the sum is the gradient of the global mean."""
+        global minibatch, so the sum is the gradient of the global mean.
+
+        Gradients travel in flat buckets of ≤ ``bucket_numel`` elements per dtype (a few large
+        collectives rather than one per tensor). A parameter without a gradient on a rank counts
+        as zero there; one without a gradient on every rank keeps ``grad = None`` (the optimiser
+        then skips it, exactly as in a single process).
+        """
         if self.world == 1:
             return
-        for p in self.model.parameters():
-            if p.grad is not None:
-                torch.distributed.all_reduce(p.grad)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        has = torch.tensor(
+            [p.grad is not None for p in params], dtype=torch.float32, device=self.policy.device
+        )
+        torch.distributed.all_reduce(has)
+        params = [p for p, h in zip(params, has.tolist()) if h > 0]
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        by_dtype: dict[torch.dtype, list[Tensor]] = {}
+        for p in params:
+            by_dtype.setdefault(p.grad.dtype, []).append(p.grad)
+        for grads in by_dtype.values():
+            bucket: list[Tensor] = []
+            size = 0
+            for i, g in enumerate(grads):
+                bucket.append(g)
+                size += g.numel()
+                if i == len(grads) - 1 or size >= bucket_numel:
+                    flat = torch.cat([b.reshape(-1) for b in bucket])
+                    torch.distributed.all_reduce(flat)
+                    offset = 0
+                    for b in bucket:
+                        b.copy_(flat[offset : offset + b.numel()].view_as(b))
+                        offset += b.numel()
+                    bucket, size = [], 0
 
     def _reduce(self, metrics: dict[str, float]) -> dict[str, float]:
+        """Mean of each metric over the ranks that report it with a finite value (NaN where
+        none does). Ranks may report different keys (e.g. one whose groups were all dropped)."""
         if self.world == 1:
             return metrics
-        keys = sorted(metrics)
+        keys_per_rank: list[Any] = [None] * self.world
+        torch.distributed.all_gather_object(keys_per_rank, sorted(metrics))
+        keys = sorted(set().union(*keys_per_rank))
+        values = [float(metrics.get(k, math.nan)) for k in keys]
         t = torch.tensor(
-            [float(metrics[k]) for k in keys], dtype=torch.float64, device=self.policy.device
-        )
+            [[v, 1.0] if math.isfinite(v) else [0.0, 0.0] for v in values],
+            dtype=torch.float64,
+            device=self.policy.device,
+        ).reshape(-1, 2)
         torch.distributed.all_reduce(t)
-        return {k: float(v) / self.world for k, v in zip(keys, t.tolist())}
+        return {k: s / c if c else math.nan for k, (s, c) in zip(keys, t.tolist())}
 
     # ------------------------------------------------------------------ saving
     def save(self, step: int) -> None:
@@ -527,6 +590,15 @@ def _pad(rows: Sequence[Sequence[float]], T: int) -> Tensor:
         if r:
             out[i, : len(r)] = torch.tensor(r)
     return out
+
+
+def _cpu_only(cfg: Config) -> bool:
+    """True when this run trains on CPU. ``PartialState`` sets up a (gloo) process group for
+    ``torchrun``/``accelerate launch``-started CPU processes only when told so; otherwise every
+    rank would silently train alone as a world of one."""
+    if cfg.model.device == "auto":
+        return not torch.cuda.is_available()
+    return cfg.model.device == "cpu"
 
 
 def _reward_metrics(groups: list[Group], prefix: str) -> dict[str, float]:
