@@ -314,3 +314,34 @@ def test_lora_wrapped_policy_agrees(tiny_qwen25_dir, prompts):
     with policy.model.disable_adapter():
         plain = policy.completion_logprobs(repeated, [g.token_ids for g in flat])
     assert _max_error(flat, plain) > 0.1  # the adapter is really in the loop
+
+
+@pytest.mark.parametrize("micro_batch_size", [None, 4])
+def test_shared_prefix_scoring_equals_full_sequences(policy, prompts, micro_batch_size):
+    """The fast path (each prompt encoded once, its KV cache shared by its completions) gives the
+    same logprobs and gradients as one full forward per (prompt, completion) row."""
+    flat, repeated = _sample(policy, prompts, 1.0)
+    # Shuffled rows with different completion lengths, as μ > 1 minibatches would have.
+    order = np.random.default_rng(0).permutation(len(flat)).tolist()
+    rows = [repeated[i] for i in order]
+    comps = [flat[i].token_ids[: max(1, len(flat[i].token_ids) - 3 * (i % 3))] for i in order]
+    weights = None
+    results = []
+    for shared in (True, False):
+        policy.shared_prefix = shared
+        policy.model.zero_grad()
+        out = policy.completion_logprobs(
+            rows, comps, with_grad=True, micro_batch_size=micro_batch_size
+        )
+        if weights is None:
+            weights = torch.linspace(-1, 1, out.logprobs.shape[1])
+        (out.logprobs * weights * out.mask).sum().backward()
+        grad = torch.cat(
+            [p.grad.flatten() for p in policy.model.parameters() if p.grad is not None]
+        )
+        results.append((out.logprobs.detach(), out.mask, grad))
+    policy.shared_prefix = True
+    (a, mask_a, ga), (b, mask_b, gb) = results
+    assert torch.equal(mask_a, mask_b)
+    assert (a - b)[mask_a].abs().max().item() < 1e-4
+    assert ((ga - gb).norm() / ga.norm()).item() < 1e-4
