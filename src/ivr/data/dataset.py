@@ -644,10 +644,15 @@ def load_sft_rows(
 
 
 def sft_texts(rows: Iterable[dict[str, Any]]) -> list[str]:
-    """Every text of chat rows (user parts and assistant replies): a corpus for a tokenizer."""
-    out: list[str] = []
+    """Every text of some chat rows, plus the chat roles: the corpus to train a tiny model's
+    tokenizer on (``build_tiny_vlm(corpus=sft_texts(load_sft_rows(dir)))``), so that the prompts,
+    answers and template headers of that data are short in tokens."""
+    texts = []
     for row in rows:
         for m in row["messages"]:
             c = m["content"]
-            out.extend([c] if isinstance(c, str) else [p.get("text", "") for p in c if p.get("text")])
-    return out
+            if isinstance(c, str):
+                texts.append(c)
+            else:
+                texts.append("\n".join(p["text"] for p in c if p.get("type") == "text"))
+    return texts + ["user\n", "assistant\n", "system\n"] * 100

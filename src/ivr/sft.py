@@ -1,0 +1,912 @@
+"""Supervised cold start: cross-entropy on the assistant tokens of chat demonstrations.
+
+IVR-R1 (§4.1) and Vision-SR1 start RL from a model that already writes ``<desc>…</desc>
+<think>…</think> \\boxed{…}`` answers, critiques and rectifications; this module trains that model
+from chat rows (``sft.jsonl`` of ``ivr synth``, or any Vision-SR1-style cold-start JSONL):
+
+    {"id": …, "images": ["images/000001.png"],
+     "messages": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": …}]},
+                  {"role": "assistant", "content": "<desc>…</desc> <think>…</think> \\boxed{2}"}]}
+
+What is really implemented, and why:
+
+- **Masking.** Each row is rendered once with the processor's own chat template. The assistant
+  spans are found by rendering the conversation up to each assistant turn twice — with
+  ``add_generation_prompt=True`` (everything the model is *given*) and with the turn itself — and
+  diffing the token sequences, so it works for any template, not only ChatML. A span runs from the
+  first token of the reply through the template's end-of-turn token (``<|im_end|>``: the model must
+  learn to stop) and no further (the ``\\n`` after it belongs to the next prompt). Everything else
+  — system and user text, image tokens, the ``<|im_start|>assistant\\n`` header, padding — has
+  label −100.
+- **Every multimodal field.** The processor's output is kept whole: per-token fields
+  (``mm_token_type_ids``; without it Qwen2.5-VL silently uses 1-D positions) are padded like the
+  ids (with 0 = text), the others (``pixel_values``, ``image_grid_thw``) are concatenated in row
+  order — exactly what the processor would return for the batch.
+- **Left padding**, like ``Policy.encode``, so the assistant tokens of a batch sit in the last
+  columns and the LM head is applied only from the first labelled column on (``logits_to_keep``).
+  The rows of an optimiser step are sorted by length and cut into forwards that minimise padding
+  (``length_groups``): the gradient is the same, the CPU time ~20% lower on the synthetic mix of
+  short answers and long critique/rectify prompts.
+- **Pre-tokenised once.** Chat rendering, tokenisation and image processing run once before
+  training; the image features are kept in memory up to ``image_cache_mb`` (a 112 px synthetic
+  image is 0.3 MB of float32 patches) and recomputed per batch beyond that.
+- **Optimisation.** AdamW, warmup then cosine or constant LR (HF schedulers), gradient clipping.
+  ``sft.batch_size`` rows per forward, ``sft.grad_accum`` forwards per optimiser step; the loss is
+  the mean over all assistant tokens of the optimiser step (token-level, like the RL loss).
+- **Determinism and resumption.** The row order is a seeded permutation per epoch, so the rows
+  of step ``s`` depend on (seed, s) only; checkpoints (``rl/checkpoint.py``: weights, optimiser,
+  scheduler, RNG) every ``sft.save_every`` steps, and ``train.resume=true`` continues from the last
+  one with the same losses as an uninterrupted run (tested on CPU).
+- **One process, one device** (no ``accelerate launch`` data parallelism yet).
+- **Eval** on ``data.eval`` (split ``data.eval_split``, the first ``sft.eval_limit`` rows): greedy
+  answers to the same prompt the RL trainer uses, graded by ``rl.scoring.Scorer``; accuracy,
+  format rate and, for rows that carry the true ``scene`` (the synthetic world), how exactly the
+  model's ``<desc>`` block describes it (``synth.description_fidelity``).
+
+    from ivr.config import load_config
+    from ivr.sft import run_sft
+    run_sft(load_config("configs/sft_tiny.yaml", ["sft.steps=200"]))
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import random
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .config import Config, dump_config
+from .data.images import load_image
+from .data.prompts import PromptSet
+from .models.policy import Policy, count_image_placeholders
+from .rl import checkpoint as ckpt
+from .tracking import Tracker
+from .types import Sample
+
+__all__ = [
+    "Example",
+    "SFTData",
+    "assistant_spans",
+    "collate",
+    "encode_example",
+    "evaluate",
+    "resolve_sft_file",
+    "run_sft",
+    "sft_loss",
+]
+
+IGNORE = -100
+#: Tokens that can end an assistant turn in common templates (besides the tokenizer's eos).
+_END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "</s>")
+
+
+# ---------------------------------------------------------------------------- data
+
+
+def resolve_sft_file(path: str | Path) -> Path:
+    """``sft.data`` as a path that exists: a chat JSONL/parquet file, or a dataset directory
+    (whose ``sft.jsonl`` the loader reads)."""
+    if not str(path):
+        raise ValueError("sft.data is empty: set it to a chat-rows JSONL or a dataset directory")
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"sft.data: {p} does not exist")
+    if p.is_dir() and (p / "sft.jsonl").is_file():
+        return p / "sft.jsonl"
+    return p
+
+
+@dataclass
+class Example:
+    """One pre-tokenised chat row. Tensors are 1-D over its L tokens.
+
+    ``token_fields`` holds the processor's other per-token outputs (``mm_token_type_ids`` …);
+    the image features (``pixel_values``, ``image_grid_thw`` …) live in ``SFTData.features`` under
+    the key ``images`` (or are recomputed from ``text`` + the images when not cached).
+    """
+
+    id: str
+    text: str  # the rendered chat (one image placeholder per image)
+    input_ids: Tensor  # [L] long
+    labels: Tensor  # [L] long, IGNORE outside the assistant spans
+    token_fields: dict[str, Tensor] = field(default_factory=dict)  # name → [L]
+    images: tuple[str, ...] = ()
+    kind: str | None = None
+
+    @property
+    def n_labels(self) -> int:
+        return int((self.labels != IGNORE).sum())
+
+
+def _template(processor: Any, messages: Sequence[dict], generation_prompt: bool) -> str:
+    return processor.apply_chat_template(
+        list(messages), tokenize=False, add_generation_prompt=generation_prompt
+    )
+
+
+def assistant_spans(processor: Any, messages: Sequence[dict]) -> tuple[str, list[tuple[str, str]]]:
+    """The rendered chat and, per assistant turn, (text before the reply, text through the reply).
+
+    Raises ``ValueError`` when the template is not prefix-stable (rendering more turns rewrites
+    earlier ones, e.g. templates that strip old ``<think>`` blocks): such chats cannot be masked
+    by diffing, and silently training on the wrong tokens would be worse than stopping.
+    """
+    full = _template(processor, messages, False)
+    spans = []
+    for i, m in enumerate(messages):
+        if m.get("role") != "assistant":
+            continue
+        before = _template(processor, messages[:i], True)
+        upto = _template(processor, messages[: i + 1], False)
+        if not (full.startswith(upto) and upto.startswith(before)):
+            raise ValueError(
+                "the chat template is not prefix-stable (rendering turn "
+                f"{i} changes the text before it); assistant tokens cannot be located"
+            )
+        spans.append((before, upto))
+    return full, spans
+
+
+def _image_token_id(processor: Any) -> int | None:
+    tid = getattr(processor, "image_token_id", None)
+    if tid is None and getattr(processor, "image_token", None):
+        tid = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
+    return tid
+
+
+def _runs(ids: list[int], token: int | None) -> list[int]:
+    """Lengths of the maximal runs of ``token`` in ``ids`` (one per image for Qwen VL)."""
+    if token is None:
+        return []
+    out, n = [], 0
+    for t in ids:
+        if t == token:
+            n += 1
+        elif n:
+            out.append(n)
+            n = 0
+    if n:
+        out.append(n)
+    return out
+
+
+def _expand(ids: list[int], token: int | None, runs: list[int]) -> list[int]:
+    """Tokenizer ids with one placeholder per image → the processor's expanded ids."""
+    if token is None:
+        return ids
+    out, k = [], 0
+    for t in ids:
+        if t == token and k < len(runs):
+            out.extend([t] * runs[k])
+            k += 1
+        else:
+            out.append(t)
+    return out
+
+
+def _lcp(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+def end_of_turn_ids(processor: Any, extra: Sequence[int] = ()) -> set[int]:
+    tok = processor.tokenizer
+    vocab = tok.get_vocab()
+    ids = {vocab[t] for t in _END_OF_TURN if t in vocab} | set(extra)
+    if tok.eos_token_id is not None:
+        ids.add(tok.eos_token_id)
+    return ids
+
+
+def _split_fields(enc: Any) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """A one-row processor output → (other per-token fields [L], image features as returned)."""
+    L = enc["input_ids"].shape[1]
+    token_fields, features = {}, {}
+    for key, value in enc.items():
+        if key in ("input_ids", "attention_mask") or not isinstance(value, Tensor):
+            continue
+        if value.dim() == 2 and value.shape == (1, L):
+            token_fields[key] = value[0]
+        else:
+            features[key] = value
+    return token_fields, features
+
+
+def encode_example(
+    processor: Any,
+    messages: Sequence[dict],
+    images: Sequence[Any],
+    *,
+    end_ids: set[int] | None = None,
+    id: str = "",
+) -> tuple[Example, dict[str, Tensor]]:
+    """Render + tokenise one chat → (Example, image features of this row).
+
+    The labels are the token ids on the assistant spans (reply through end-of-turn) and IGNORE
+    elsewhere. Spans are found on token sequences: the processor's ids for the whole chat are
+    compared with the tokenizer's ids for each prefix, image placeholders expanded to the
+    processor's run lengths; the boundaries are exact when the prefix tokenises as a prefix
+    (always true at ChatML special tokens), else the longest common prefix is used.
+    """
+    n_placeholders = count_image_placeholders(messages)
+    if n_placeholders != len(images):
+        raise ValueError(
+            f"{n_placeholders} image placeholder(s) in the messages but {len(images)} image(s)"
+        )
+    text, spans = assistant_spans(processor, messages)
+    enc = processor(text=[text], images=list(images) or None, return_tensors="pt")
+    ids = enc["input_ids"][0].tolist()
+    L = len(ids)
+    img_tok = _image_token_id(processor)
+    runs = _runs(ids, img_tok)
+    end_ids = end_of_turn_ids(processor) if end_ids is None else end_ids
+    tok = processor.tokenizer
+    labels = torch.full((L,), IGNORE, dtype=torch.long)
+    for before, upto in spans:
+        a = _expand(tok(before)["input_ids"], img_tok, runs)
+        b = _expand(tok(upto)["input_ids"], img_tok, runs)
+        start = len(a) if ids[: len(a)] == a else _lcp(ids, a)
+        end = len(b) if ids[: len(b)] == b else _lcp(ids, b)
+        ends = [j for j in range(start, end) if ids[j] in end_ids]
+        if ends:  # through the end-of-turn token, not the newline after it
+            end = ends[-1] + 1
+        start = max(start, 1)  # position 0 has no prediction
+        if end > start:
+            labels[start:end] = torch.tensor(ids[start:end])
+    token_fields, features = _split_fields(enc)
+    ex = Example(
+        id=id,
+        text=text,
+        input_ids=enc["input_ids"][0].long(),
+        labels=labels,
+        token_fields=token_fields,
+    )
+    return ex, features
+
+
+class SFTData:
+    """Pre-tokenised rows + their image features (cached up to ``cache_mb``)."""
+
+    def __init__(
+        self,
+        processor: Any,
+        rows: Sequence[dict[str, Any]],
+        *,
+        source: str | Path = "",
+        end_ids: set[int] | None = None,
+        cache_mb: float = 4096,
+    ) -> None:
+        self.processor = processor
+        self.source = str(source)
+        self.examples: list[Example] = []
+        self.features: dict[tuple[str, ...], dict[str, Tensor]] = {}
+        budget, used = cache_mb * 2**20, 0
+        end_ids = end_of_turn_ids(processor) if end_ids is None else end_ids
+        for i, row in enumerate(rows):
+            paths = tuple(str(p) for p in row.get("images") or ())
+            where = f"{source or 'rows'}, row {i + 1} (id {row.get('id')!r})"
+            images = [load_image(p, source=where) for p in paths]
+            try:
+                ex, feats = encode_example(
+                    processor, row["messages"], images, end_ids=end_ids, id=str(row.get("id", i))
+                )
+            except ValueError as e:
+                raise ValueError(f"{where}: {e}") from e
+            ex.images, ex.kind = paths, row.get("kind")
+            self.examples.append(ex)
+            if paths and paths not in self.features:
+                size = sum(t.numel() * t.element_size() for t in feats.values())
+                if used + size <= budget:
+                    self.features[paths] = feats
+                    used += size
+        self.cached_mb = used / 2**20
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def row_features(self, ex: Example) -> dict[str, Tensor]:
+        if not ex.images:
+            return {}
+        feats = self.features.get(ex.images)
+        if feats is None:  # beyond the cache budget: same processor call as when encoding
+            images = [load_image(p) for p in ex.images]
+            enc = self.processor(text=[ex.text], images=images, return_tensors="pt")
+            feats = _split_fields(enc)[1]
+        return feats
+
+
+def collate(
+    examples: Sequence[Example], features: Sequence[dict[str, Tensor]], pad_id: int
+) -> dict[str, Tensor]:
+    """Left-padded batch with every processor field: ids, attention mask, labels, per-token fields
+    (padded with 0) and image features concatenated in row order."""
+    B, L = len(examples), max(len(ex.input_ids) for ex in examples)
+    batch = {
+        "input_ids": torch.full((B, L), pad_id, dtype=torch.long),
+        "attention_mask": torch.zeros(B, L, dtype=torch.long),
+        "labels": torch.full((B, L), IGNORE, dtype=torch.long),
+    }
+    token_keys = sorted({k for ex in examples for k in ex.token_fields})
+    for k in token_keys:
+        dtype = next(ex.token_fields[k].dtype for ex in examples if k in ex.token_fields)
+        batch[k] = torch.zeros(B, L, dtype=dtype)
+    for i, ex in enumerate(examples):
+        n = len(ex.input_ids)
+        batch["input_ids"][i, L - n :] = ex.input_ids
+        batch["attention_mask"][i, L - n :] = 1
+        batch["labels"][i, L - n :] = ex.labels
+        for k, v in ex.token_fields.items():
+            batch[k][i, L - n :] = v
+    keys = sorted({k for f in features for k in f})
+    for k in keys:
+        batch[k] = torch.cat([f[k] for f in features if k in f], dim=0)
+    return batch
+
+
+#: Fixed cost of one forward, in padded tokens: what ``length_groups`` trades padding against.
+_FORWARD_COST_TOKENS = 256
+
+
+def length_groups(lengths: Sequence[int], max_rows: int, forward_cost: float) -> list[list[int]]:
+    """Split the rows of one optimiser step into forwards of ≤ ``max_rows`` rows, minimising
+    padded tokens + ``forward_cost`` per forward (rows sorted by length; exact DP).
+
+    The loss is a token sum over the whole step, so any grouping gives the same gradient; this
+    only decides how much padding is computed. A batch of demonstrations that mixes short answers
+    with long critique/rectify prompts pays ~20% less on a CPU this way.
+
+    >>> length_groups([100, 210, 105, 200], max_rows=4, forward_cost=50)
+    [[0, 2], [3, 1]]
+    >>> length_groups([100, 210, 105, 200], max_rows=4, forward_cost=1000)
+    [[0, 2, 3, 1]]
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    n = len(order)
+    best = [0.0] + [math.inf] * n  # best[j]: cost of the first j sorted rows
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        longest = lengths[order[j - 1]]
+        for i in range(max(0, j - max_rows), j):
+            c = best[i] + (j - i) * longest + forward_cost
+            if c < best[j]:
+                best[j], cut[j] = c, i
+    groups, j = [], n
+    while j > 0:
+        groups.append(order[cut[j] : j])
+        j = cut[j]
+    return groups[::-1]
+
+
+def _accepts_logits_to_keep(model: torch.nn.Module) -> bool:
+    try:
+        return "logits_to_keep" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def sft_loss(model: torch.nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, int, int]:
+    """(summed token cross-entropy, labelled tokens, argmax hits) of a collated batch.
+
+    Logits are computed only from the first labelled column on (left padding puts every reply
+    in the last columns), in float32 for the softmax.
+    """
+    inputs = dict(batch)
+    labels = inputs.pop("labels")
+    B, L = labels.shape
+    has = labels != IGNORE
+    n = int(has.sum())
+    if n == 0:
+        zero = next(model.parameters()).sum() * 0.0
+        return zero, 0, 0
+    first = max(1, int(has.any(0).nonzero()[0]))
+    if _accepts_logits_to_keep(model):
+        logits = model(**inputs, use_cache=False, logits_to_keep=L - first + 1).logits[:, :-1]
+    else:
+        logits = model(**inputs, use_cache=False).logits[:, first - 1 : L - 1]
+    target = labels[:, first:].to(logits.device)
+    logits = logits.float()
+    loss = F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=IGNORE,
+        reduction="sum",
+    )  # fmt: skip
+    with torch.no_grad():
+        hits = int(((logits.argmax(-1) == target) & (target != IGNORE)).sum())
+    return loss, n, hits
+
+
+# ---------------------------------------------------------------------------- eval
+
+
+def _synth_meta(path: str | Path | None) -> dict[str, Any]:
+    if not path:
+        return {}
+    p = Path(path)
+    meta = (p if p.is_dir() else p.parent) / "meta.json"
+    try:
+        return json.loads(meta.read_text()) if meta.is_file() else {}
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def _attribute_f1(response: str, scene: Sequence[dict[str, Any]], grid: int) -> float:
+    """Object-level F1 of a response's ``<desc>`` on (shape, colour, digit), positions ignored:
+    does the model see *what* is there, even when it misplaces it? (Synthetic world only.)"""
+    from collections import Counter
+
+    from .data.synth import extract_description, parse_description
+
+    desc = extract_description(response)
+    if desc is None:
+        return 0.0
+    truth = Counter((o["shape"], o["colour"], o.get("digit")) for o in scene)
+    parts = [] if desc.strip().rstrip(".").lower() in ("", "no shapes") else desc.split(";")
+    pred: Counter = Counter()
+    for part in parts:
+        items = parse_description(part, grid)
+        if items:
+            pred[(items[0]["shape"], items[0]["colour"], items[0]["digit"])] += 1
+    n_true = sum(truth.values())
+    if not parts and not n_true:
+        return 1.0
+    return 2 * sum((pred & truth).values()) / (len(parts) + n_true)
+
+
+def evaluate(
+    policy: Policy,
+    samples: Sequence[Sample],
+    *,
+    scorer: Any = None,
+    prompts: PromptSet | None = None,
+    max_new_tokens: int = 256,
+    batch_size: int = 32,
+    grid: int = 4,
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Greedy answers to the RL trainer's prompt, graded by the training scorer.
+
+    Returns (metrics, per-sample records). Metrics: ``accuracy`` and ``format`` over text-graded
+    samples, ``accuracy/<task>`` when several tasks, ``loc_reward`` over box samples, and
+    ``desc_exact``/``desc_f1`` (``synth.description_fidelity``: objects with their positions) and
+    ``desc_attr_f1`` (positions ignored) over non-box samples carrying the true ``scene``
+    (synthetic world; box answers have no ``<desc>`` block).
+    """
+    from .rl.scoring import Scorer
+    from .rl.trainer import question_prompt
+
+    scorer = scorer or Scorer()
+    prompts = prompts or PromptSet()
+    fidelity = None
+    if any("scene" in s.extra for s in samples):
+        try:
+            from .data.synth import description_fidelity as fidelity
+        except ImportError:  # pragma: no cover - the synth module ships with the package
+            fidelity = None
+    records: list[dict[str, Any]] = []
+    was_training = policy.model.training
+    policy.model.eval()
+    try:
+        for s in range(0, len(samples), batch_size):
+            chunk = list(samples[s : s + batch_size])
+            chats = [
+                question_prompt(x, tuple(load_image(p) for p in x.images), prompts) for x in chunk
+            ]
+            gens = policy.generate(chats, max_new_tokens=max_new_tokens, temperature=0.0)
+            texts = [g[0].text for g in gens]
+            for x, text, score, g in zip(chunk, texts, scorer(chunk, texts), gens):
+                rec: dict[str, Any] = {
+                    "id": x.id,
+                    "task": x.task,
+                    "question": x.question,
+                    "answer": x.answer,
+                    "completion": text,
+                    "reward": score.reward,
+                    "correct": score.correct,
+                    "finished": g[0].finished,
+                    **{k: v for k, v in score.components.items()},
+                }
+                if fidelity is not None and "scene" in x.extra and x.answer_type != "boxes":
+                    fid = fidelity(text, x.extra["scene"], grid)
+                    rec["desc_exact"], rec["desc_f1"] = fid["exact"], fid["f1"]
+                    rec["desc_attr_f1"] = _attribute_f1(text, x.extra["scene"], grid)
+                records.append(rec)
+    finally:
+        policy.model.train(was_training)
+    graded = [r for r in records if r["correct"] is not None]
+    metrics: dict[str, float] = {"n": float(len(records))}
+    if graded:
+        metrics["accuracy"] = float(np.mean([r["correct"] for r in graded]))
+        metrics["format"] = float(np.mean([r.get("format", 0.0) for r in graded]))
+        tasks = sorted({r["task"] for r in graded})
+        if len(tasks) > 1:
+            for t in tasks:
+                metrics[f"accuracy/{t}"] = float(
+                    np.mean([r["correct"] for r in graded if r["task"] == t])
+                )
+    boxes = [r for r in records if r["correct"] is None and "loc_total" in r]
+    if boxes:
+        metrics["loc_reward"] = float(np.mean([r["loc_total"] for r in boxes]))
+    described = [r for r in records if "desc_exact" in r]
+    if described:
+        metrics["desc_exact"] = float(np.mean([r["desc_exact"] for r in described]))
+        metrics["desc_f1"] = float(np.mean([r["desc_f1"] for r in described]))
+        metrics["desc_attr_f1"] = float(np.mean([r["desc_attr_f1"] for r in described]))
+    metrics["finished"] = float(np.mean([r["finished"] for r in records])) if records else 0.0
+    return metrics, records
+
+
+# ---------------------------------------------------------------------------- training
+
+
+def _load_policy(cfg: Config, path: str | Path) -> Policy:
+    m = cfg.model
+    device = m.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return Policy.from_pretrained(
+        path,
+        dtype=m.dtype,
+        device=device,
+        attn_implementation=m.attn_implementation,
+        min_pixels=m.min_pixels,
+        max_pixels=m.max_pixels,
+    )
+
+
+def _prepare_model(cfg: Config, policy: Policy, resume_from: Path | None) -> Policy:
+    """freeze_vision / LoRA / gradient checkpointing, as the RL trainer does."""
+    m, model = cfg.model, policy.model
+    if m.freeze_vision:
+        for name, p in model.named_parameters():
+            if "visual" in name:
+                p.requires_grad_(False)
+    if m.lora_rank > 0:
+        from peft import LoraConfig, PeftModel, get_peft_model
+
+        if resume_from is not None:
+            model = PeftModel.from_pretrained(model, resume_from, is_trainable=True)
+        else:
+            lcfg = LoraConfig(
+                r=m.lora_rank,
+                lora_alpha=m.lora_alpha,
+                target_modules="all-linear",
+                exclude_modules=r".*visual.*" if m.freeze_vision else None,
+            )
+            model = get_peft_model(model, lcfg)
+        policy = Policy(model, policy.processor)
+    if m.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    return policy
+
+
+def _scheduler(optimizer: torch.optim.Optimizer, cfg: Config, total: int):
+    from transformers import get_scheduler
+
+    name = "cosine" if cfg.sft.lr_schedule == "cosine" else "constant_with_warmup"
+    return get_scheduler(
+        name, optimizer, num_warmup_steps=cfg.sft.warmup_steps, num_training_steps=max(total, 1)
+    )
+
+
+def _step_seed(seed: int, step: int) -> int:
+    return (seed * 1_000_003 + step * 9_973) % (2**31)
+
+
+def _load_rows(path: Path, on_error: str) -> list[dict[str, Any]]:
+    from .data.dataset import load_sft_rows
+
+    return [dict(r) for r in load_sft_rows(path, on_error=on_error)]
+
+
+def _check_has_assistant(rows: Sequence[dict[str, Any]], path: Path) -> None:
+    def has_reply(row: dict[str, Any]) -> bool:
+        for m in row.get("messages") or ():
+            c = m.get("content")
+            text = c if isinstance(c, str) else "".join(
+                p.get("text", "") for p in (c or ()) if isinstance(p, dict)
+            )  # fmt: skip
+            if m.get("role") == "assistant" and text.strip():
+                return True
+        return False
+
+    if not rows:
+        raise ValueError(f"{path}: no rows to train on")
+    if not any(has_reply(r) for r in rows):
+        raise ValueError(
+            f"{path}: no assistant turn with text in any of its {len(rows)} rows, so there are no "
+            "tokens to train on (SFT needs chat rows whose `messages` end with "
+            '{"role": "assistant", "content": …})'
+        )
+
+
+class SFTRunner:
+    """``SFTRunner(cfg).train()``; ``policy``/``rows``/``eval_samples`` bypass loading."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        policy: Policy | None = None,
+        rows: Sequence[dict[str, Any]] | None = None,
+        eval_samples: Sequence[Sample] | None = None,
+        callback: Callable[[int, dict[str, float]], None] | None = None,
+        image_cache_mb: float = 4096,
+    ) -> None:
+        self.cfg, s = cfg, cfg.sft
+        self.callback = callback
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        torch.manual_seed(cfg.train.seed)
+        self.out = Path(cfg.train.output_dir)
+        self.ckpt_dir = self.out / "checkpoints"
+        self.prompts = PromptSet.load(cfg.data.prompts)
+
+        # Data first: a file with nothing to learn fails before any model is loaded.
+        self.data_path = resolve_sft_file(s.data) if rows is None else Path(s.data or "<rows>")
+        rows = list(rows) if rows is not None else _load_rows(self.data_path, cfg.data.on_error)
+        _check_has_assistant(rows, self.data_path)
+        # Eval data and the eval path too: a broken one must fail before any training.
+        self.eval_samples = list(eval_samples) if eval_samples is not None else self._eval_rows()
+        if self.eval_samples:
+            from .rewards import LocalizationConfig
+            from .rl.scoring import Scorer
+            from .rl.trainer import question_prompt  # noqa: F401
+
+            self.scorer = Scorer(
+                format_weight=cfg.reward.format_weight,
+                localization=LocalizationConfig(switch_at=cfg.reward.loc_switch_at),
+            )
+        self.grid = int(_synth_meta(cfg.data.eval).get("params", {}).get("grid", 4))
+
+        resume_from = ckpt.latest_checkpoint(self.ckpt_dir) if cfg.train.resume else None
+        if cfg.train.resume and resume_from is None:
+            warnings.warn(f"train.resume: no checkpoint under {self.ckpt_dir}; starting fresh",
+                          stacklevel=2)  # fmt: skip
+        lora = cfg.model.lora_rank > 0
+        if policy is None:
+            if not cfg.model.path:
+                raise ValueError("model.path is empty: set it in the config or with model.path=DIR")
+            policy = _load_policy(cfg, resume_from if resume_from and not lora else cfg.model.path)
+        elif resume_from is not None and not lora:
+            policy = Policy.from_pretrained(
+                resume_from, processor=policy.processor, dtype=policy.model.dtype,
+                device=policy.device,
+            )  # fmt: skip
+        self.policy = _prepare_model(cfg, policy, resume_from)
+        self.model = self.policy.model
+
+        t0 = time.perf_counter()
+        self.data = SFTData(
+            self.policy.processor,
+            rows,
+            source=self.data_path,
+            end_ids=end_of_turn_ids(self.policy.processor, self.policy.eos_token_ids),
+            cache_mb=image_cache_mb,
+        )
+        self.encode_seconds = time.perf_counter() - t0
+        n_labels = sum(ex.n_labels for ex in self.data.examples)
+        if n_labels == 0:
+            raise ValueError(
+                f"{self.data_path}: the assistant turns of its {len(rows)} rows produced no "
+                "tokens after the chat template was applied (empty replies?); nothing to train on"
+            )
+        empty = [ex.id for ex in self.data.examples if ex.n_labels == 0]
+        if empty:
+            warnings.warn(f"{self.data_path}: {len(empty)} row(s) have no assistant tokens "
+                          f"(first: id {empty[0]!r}); they contribute nothing", stacklevel=2)  # fmt: skip
+
+        self.rows_per_step = s.batch_size * s.grad_accum
+        per_epoch = len(self.data) / self.rows_per_step
+        self.total_steps = s.steps or max(1, math.ceil(s.epochs * per_epoch))
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
+        self.scheduler = _scheduler(self.optimizer, cfg, self.total_steps)
+        self.start_step, self.train_seconds, self.wall_seconds = 0, 0.0, 0.0
+        self.train_cpu_seconds = 0.0  # CPU time of the training steps: load-independent
+        if resume_from is not None:
+            meta, blobs = ckpt.load_training_state(resume_from)
+            self.optimizer.load_state_dict(blobs["optimizer"])
+            self.scheduler.load_state_dict(blobs["scheduler"])
+            ckpt.set_rng_state(blobs["rng"])
+            self.start_step = int(meta["step"])
+            self.train_seconds = float(meta.get("train_seconds", 0.0))
+            self.wall_seconds = float(meta.get("wall_seconds", 0.0))
+            self.train_cpu_seconds = float(meta.get("train_cpu_seconds", 0.0))
+            if int(meta.get("total_steps", self.total_steps)) != self.total_steps:
+                warnings.warn(f"resuming a run planned for {meta['total_steps']} steps with "
+                              f"{self.total_steps}: the LR schedule changes", stacklevel=2)  # fmt: skip
+        self.tracker = Tracker(
+            self.out,
+            total_steps=self.total_steps,
+            start_step=self.start_step,
+            jsonl=cfg.log.jsonl,
+            tensorboard=cfg.log.tensorboard,
+            wandb=cfg.log.wandb,
+            wandb_project=cfg.log.wandb_project,
+            progress=cfg.log.progress,
+            config=cfg.to_dict(),
+        )
+        self.out.mkdir(parents=True, exist_ok=True)
+        dump_config(cfg, self.out / "config.yaml")
+        self._saved = self.start_step
+        self._dirty = False
+
+    def _eval_rows(self) -> list[Sample]:
+        d = self.cfg.data
+        if not d.eval:
+            return []
+        from .data.dataset import load_samples
+
+        samples = load_samples(d.eval, split=d.eval_split, on_error=d.on_error)
+        limit = self.cfg.sft.eval_limit
+        return list(samples[:limit] if limit and limit > 0 else samples)
+
+    # -------------------------------------------------------------- the loop
+    def batch_indices(self, step: int) -> list[int]:
+        """Rows of optimiser step ``step`` (1-based): a seeded permutation per epoch."""
+        n, per = len(self.data), self.rows_per_step
+        out, perms = [], {}
+        for pos in range((step - 1) * per, step * per):
+            epoch, i = divmod(pos, n)
+            if epoch not in perms:
+                perms[epoch] = np.random.default_rng(self.cfg.train.seed + epoch).permutation(n)
+            out.append(int(perms[epoch][i]))
+        return out
+
+    def train(self) -> dict[str, Any]:
+        s = self.cfg.sft
+        last: dict[str, Any] = {}
+        done = self.start_step
+        try:
+            for step in range(self.start_step + 1, self.total_steps + 1):
+                t0, c0 = time.perf_counter(), time.process_time()
+                metrics = self.step(step)
+                metrics["time/step"] = time.perf_counter() - t0
+                self.train_seconds += metrics["time/step"]
+                self.train_cpu_seconds += time.process_time() - c0
+                done = step
+                final = step == self.total_steps
+                if self.eval_samples and ((s.eval_every and step % s.eval_every == 0) or final):
+                    metrics.update(self.evaluate(step))
+                self.wall_seconds += time.perf_counter() - t0
+                metrics["time/train_elapsed"] = self.train_seconds
+                metrics["time/elapsed"] = self.wall_seconds
+                metrics["time/train_cpu_elapsed"] = self.train_cpu_seconds
+                if step == self.start_step + 1:
+                    metrics["time/encode"] = self.encode_seconds  # pre-tokenisation, once
+                self.tracker.log(step, metrics)
+                last = metrics
+                if self.callback is not None:
+                    self.callback(step, metrics)
+                if s.save_every and step % s.save_every == 0 and not final:
+                    self.save(step)
+            if self.total_steps > self.start_step:
+                self.save(self.total_steps)
+            final_dir = self.save_final()
+        except BaseException:
+            # Interrupted between steps (Ctrl-C, a failing callback): keep the finished steps.
+            if not self._dirty and done > self._saved and s.save_every:
+                self.save(done)
+            raise
+        finally:
+            self.tracker.close()
+        return {**last, "step": float(self.total_steps), "final_dir": str(final_dir)}
+
+    def step(self, step: int) -> dict[str, float]:
+        seed = _step_seed(self.cfg.train.seed, step)
+        random.seed(seed)
+        np.random.seed(seed % (2**32))
+        torch.manual_seed(seed)
+        s = self.cfg.sft
+        idx = self.batch_indices(step)
+        examples = [self.data.examples[i] for i in idx]
+        n_tokens = sum(ex.n_labels for ex in examples)
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_sum, hits, t_data = 0.0, 0, 0.0
+        device = self.policy.device
+        forward_cost = _FORWARD_COST_TOKENS if device.type == "cpu" else 8 * _FORWARD_COST_TOKENS
+        groups = length_groups([len(ex.input_ids) for ex in examples], s.batch_size, forward_cost)
+        for group in groups:
+            t = time.perf_counter()
+            micro = [examples[i] for i in group]
+            batch = collate(micro, [self.data.row_features(ex) for ex in micro],
+                            self.policy.pad_token_id)  # fmt: skip
+            batch = {k: v.to(device) for k, v in batch.items()}
+            t_data += time.perf_counter() - t
+            loss, _, h = sft_loss(self.model, batch)
+            (loss / max(n_tokens, 1)).backward()
+            loss_sum += float(loss.detach())
+            hits += h
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        max_norm = s.max_grad_norm if s.max_grad_norm > 0 else float("inf")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+        lr = self.scheduler.get_last_lr()[0]
+        self._dirty = True  # the weights are changing: a checkpoint now would be half a step
+        self.optimizer.step()
+        self.scheduler.step()
+        self._dirty = False
+        kinds: dict[str, int] = {}
+        for ex in examples:
+            kinds[ex.kind or "chat"] = kinds.get(ex.kind or "chat", 0) + 1
+        return {
+            "sft/loss": loss_sum / max(n_tokens, 1),
+            "sft/token_accuracy": hits / max(n_tokens, 1),
+            "sft/tokens": float(n_tokens),
+            "sft/grad_norm": grad_norm,
+            "sft/lr": lr,
+            "sft/epoch": step * self.rows_per_step / len(self.data),
+            "time/data": t_data,
+            "sft/forwards": float(len(groups)),
+        }
+
+    def evaluate(self, step: int) -> dict[str, float]:
+        cfg = self.cfg
+        t = time.perf_counter()
+        metrics, records = evaluate(
+            self.policy,
+            self.eval_samples,
+            scorer=self.scorer,
+            prompts=self.prompts,
+            max_new_tokens=cfg.rollout.max_new_tokens,
+            batch_size=cfg.sft.batch_size,
+            grid=self.grid,
+        )
+        self.tracker.write_rows("samples", step, records[: cfg.log.samples_per_step])
+        out = {f"eval/{k}": v for k, v in metrics.items()}
+        out["time/eval"] = time.perf_counter() - t
+        return out
+
+    # -------------------------------------------------------------- saving
+    def save(self, step: int) -> None:
+        ckpt.save_checkpoint(
+            self.ckpt_dir,
+            step,
+            model=self.model,
+            processor=self.policy.processor,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            state={
+                "total_steps": self.total_steps,
+                "train_seconds": self.train_seconds,
+                "wall_seconds": self.wall_seconds,
+                "train_cpu_seconds": self.train_cpu_seconds,
+                "data": str(self.data_path),
+                "config": self.cfg.to_dict(),
+            },
+        )
+        self._saved = step
+
+    def save_final(self) -> Path:
+        """A plain HF model directory (LoRA merged), loadable by ``Policy.from_pretrained``."""
+        final = self.out / "final"
+        model = self.model
+        if self.cfg.model.lora_rank > 0:
+            import copy
+
+            model = copy.deepcopy(model).merge_and_unload()
+        model.save_pretrained(final)
+        self.policy.processor.save_pretrained(final)
+        return final
+
+
+def run_sft(cfg: Config, *, policy: Policy | None = None, **kwargs: Any) -> dict[str, Any]:
+    """Run the SFT job described by ``cfg`` (the ``ivr sft`` entry point).
+
+    Returns the last step's metrics (``sft/loss``, ``eval/accuracy`` …) plus ``final_dir``, the
+    saved model. ``policy`` skips loading ``model.path``; ``kwargs`` go to ``SFTRunner``
+    (``rows``, ``eval_samples``, ``callback(step, metrics)``, ``image_cache_mb``).
+    """
+    return SFTRunner(cfg, policy=policy, **kwargs).train()
