@@ -591,15 +591,6 @@ def _prepare_model(cfg: Config, policy: Policy, resume_from: Path | None) -> Pol
     return policy
 
 
-def _scheduler(optimizer: torch.optim.Optimizer, cfg: Config, total: int):
-    from transformers import get_scheduler
-
-    name = "cosine" if cfg.sft.lr_schedule == "cosine" else "constant_with_warmup"
-    return get_scheduler(
-        name, optimizer, num_warmup_steps=cfg.sft.warmup_steps, num_training_steps=max(total, 1)
-    )
-
-
 def _step_seed(seed: int, step: int) -> int:
     return (seed * 1_000_003 + step * 9_973) % (2**31)
 
@@ -712,14 +703,13 @@ class SFTRunner:
         self.total_steps = s.steps or max(1, math.ceil(s.epochs * per_epoch))
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
-        self.scheduler = _scheduler(self.optimizer, cfg, self.total_steps)
+        self.scheduler = ckpt.make_scheduler(
+            self.optimizer, cfg.sft.lr_schedule, cfg.sft.warmup_steps, self.total_steps
+        )
         self.start_step, self.train_seconds, self.wall_seconds = 0, 0.0, 0.0
         self.train_cpu_seconds = 0.0  # CPU time of the training steps: load-independent
         if resume_from is not None:
-            meta, blobs = ckpt.load_training_state(resume_from)
-            self.optimizer.load_state_dict(blobs["optimizer"])
-            self.scheduler.load_state_dict(blobs["scheduler"])
-            ckpt.set_rng_state(blobs["rng"])
+            meta = ckpt.restore_training_state(resume_from, self.optimizer, self.scheduler)
             self.start_step = int(meta["step"])
             self.train_seconds = float(meta.get("train_seconds", 0.0))
             self.wall_seconds = float(meta.get("wall_seconds", 0.0))
@@ -727,15 +717,11 @@ class SFTRunner:
             if int(meta.get("total_steps", self.total_steps)) != self.total_steps:
                 warnings.warn(f"resuming a run planned for {meta['total_steps']} steps with "
                               f"{self.total_steps}: the LR schedule changes", stacklevel=2)  # fmt: skip
-        self.tracker = Tracker(
+        self.tracker = Tracker.for_run(
             self.out,
+            cfg.log,
             total_steps=self.total_steps,
             start_step=self.start_step,
-            jsonl=cfg.log.jsonl,
-            tensorboard=cfg.log.tensorboard,
-            wandb=cfg.log.wandb,
-            wandb_project=cfg.log.wandb_project,
-            progress=cfg.log.progress,
             config=cfg.to_dict(),
         )
         self.out.mkdir(parents=True, exist_ok=True)
@@ -891,15 +877,12 @@ class SFTRunner:
 
     def save_final(self) -> Path:
         """A plain HF model directory (LoRA merged), loadable by ``Policy.from_pretrained``."""
-        final = self.out / "final"
-        model = self.model
-        if self.cfg.model.lora_rank > 0:
-            import copy
-
-            model = copy.deepcopy(model).merge_and_unload()
-        model.save_pretrained(final)
-        self.policy.processor.save_pretrained(final)
-        return final
+        return ckpt.save_final_model(
+            self.model,
+            self.policy.processor,
+            self.out / "final",
+            merge_lora=self.cfg.model.lora_rank > 0,
+        )
 
 
 def run_sft(cfg: Config, *, policy: Policy | None = None, **kwargs: Any) -> dict[str, Any]:

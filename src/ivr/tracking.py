@@ -85,6 +85,18 @@ class Tracker:
                 "train", total=total_steps, completed=start_step, info=""
             )
 
+    @classmethod
+    def for_run(
+        cls, out_dir: str | Path, log: Any, *, total_steps: int, start_step: int,
+        config: dict[str, Any], enabled: bool = True,
+    ) -> Tracker:  # fmt: skip
+        """A tracker with the sinks of a ``LogConfig`` (the ``log`` section of a run's config)."""
+        return cls(
+            out_dir, total_steps=total_steps, start_step=start_step, jsonl=log.jsonl,
+            tensorboard=log.tensorboard, wandb=log.wandb, wandb_project=log.wandb_project,
+            progress=log.progress, config=config, enabled=enabled,
+        )  # fmt: skip
+
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         if not self.enabled:
             return

@@ -100,3 +100,39 @@ def load_training_state(path: str | Path) -> tuple[dict[str, Any], dict[str, Any
     meta = json.loads((path / "trainer_state.json").read_text())
     blobs = torch.load(path / "training_state.pt", weights_only=False)
     return meta, blobs
+
+
+def restore_training_state(
+    path: str | Path, optimizer: torch.optim.Optimizer, scheduler: Any
+) -> dict[str, Any]:
+    """Load optimizer, scheduler and RNG states of checkpoint ``path``; return its trainer state."""
+    meta, blobs = load_training_state(path)
+    optimizer.load_state_dict(blobs["optimizer"])
+    scheduler.load_state_dict(blobs["scheduler"])
+    set_rng_state(blobs["rng"])
+    return meta
+
+
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, schedule: str, warmup_steps: int, total: int
+) -> Any:
+    """Linear warmup, then ``cosine`` decay or ``constant`` (transformers' schedulers)."""
+    from transformers import get_scheduler
+
+    name = "cosine" if schedule == "cosine" else "constant_with_warmup"
+    return get_scheduler(
+        name, optimizer, num_warmup_steps=warmup_steps, num_training_steps=max(total, 1)
+    )
+
+
+def save_final_model(
+    model: torch.nn.Module, processor: Any, path: str | Path, *, merge_lora: bool
+) -> Path:
+    """A plain HF model directory (LoRA merged into a copy) for ``ivr eval`` and further training."""
+    if merge_lora:
+        import copy
+
+        model = copy.deepcopy(model).merge_and_unload()
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return Path(path)

@@ -118,24 +118,22 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(
             params, lr=cfg.algo.lr, weight_decay=cfg.algo.weight_decay
         )
-        self.scheduler = _scheduler(self.optimizer, cfg, self.total_steps * self.updates_per_step)
+        self.scheduler = ckpt.make_scheduler(
+            self.optimizer,
+            cfg.algo.lr_schedule,
+            cfg.algo.warmup_steps,
+            self.total_steps * self.updates_per_step,
+        )
 
         self.start_step = 0
         if resume_from is not None:
-            meta, blobs = ckpt.load_training_state(resume_from)
-            self.optimizer.load_state_dict(blobs["optimizer"])
-            self.scheduler.load_state_dict(blobs["scheduler"])
-            ckpt.set_rng_state(blobs["rng"])
+            meta = ckpt.restore_training_state(resume_from, self.optimizer, self.scheduler)
             self.start_step = int(meta["step"])
-        self.tracker = Tracker(
+        self.tracker = Tracker.for_run(
             self.out,
+            cfg.log,
             total_steps=self.total_steps,
             start_step=self.start_step,
-            jsonl=cfg.log.jsonl,
-            tensorboard=cfg.log.tensorboard,
-            wandb=cfg.log.wandb,
-            wandb_project=cfg.log.wandb_project,
-            progress=cfg.log.progress,
             config=cfg.to_dict(),
             enabled=self.state.is_main_process,
         )
@@ -572,13 +570,9 @@ class Trainer:
         """A plain HF model directory (LoRA merged) for ``ivr eval`` and further training."""
         final = self.out / "final"
         if self.state.is_main_process:
-            model = self.model
-            if self.cfg.model.lora_rank > 0:
-                import copy
-
-                model = copy.deepcopy(model).merge_and_unload()
-            model.save_pretrained(final)
-            self.policy.processor.save_pretrained(final)
+            ckpt.save_final_model(
+                self.model, self.policy.processor, final, merge_lora=self.cfg.model.lora_rank > 0
+            )
         return final
 
 
@@ -633,15 +627,6 @@ def _sample_rows(groups: list[Group], n: int) -> list[dict[str, Any]]:
                 }
             )
     return rows
-
-
-def _scheduler(optimizer: torch.optim.Optimizer, cfg: Config, total: int):
-    from transformers import get_scheduler
-
-    name = "cosine" if cfg.algo.lr_schedule == "cosine" else "constant_with_warmup"
-    return get_scheduler(
-        name, optimizer, num_warmup_steps=cfg.algo.warmup_steps, num_training_steps=max(total, 1)
-    )
 
 
 def train(cfg: Config, **kwargs: Any) -> dict[str, float]:
