@@ -42,14 +42,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..rewards.answer import ANSWER_TYPE_ALIASES
 from ..types import Sample
 
 __all__ = ["DatasetError", "load_samples", "load_sft_rows", "row_to_sample"]
 
 ANSWER_TYPES = ("integer", "float", "expression", "choice", "text", "boxes")
-#: Other spellings found in public datasets (MathVista's ``list``, ``multi_choice`` …), mapped to
-#: the canonical names the graders and the trainer compare against.
-_TYPE_ALIASES = {
+_ALIASES = {
     "int": "integer",
     "number": "float",
     "numeric": "float",
@@ -385,7 +384,7 @@ def row_to_sample(
     answer_type = f["answer_type"]
     if answer_type is not None:
         key = str(answer_type).strip().lower()
-        answer_type = _TYPE_ALIASES.get(key, key)
+        answer_type = ANSWER_TYPE_ALIASES.get(key, key)
         if answer_type not in ANSWER_TYPES:
             raise ValueError(
                 f"answer_type {f['answer_type']!r} is not one of {', '.join(ANSWER_TYPES)}"

@@ -53,7 +53,9 @@ logger = logging.getLogger(__name__)
 ANSWER_TYPES: tuple[str, ...] = ("integer", "float", "expression", "choice", "text")
 #: Answer types that are somebody else's job (the localization reward): accuracy returns None.
 NOT_APPLICABLE_TYPES: frozenset[str] = frozenset({"boxes", "bbox", "box", "detection", "grounding"})
-_TYPE_ALIASES: dict[str, str] = {
+#: Other spellings found in public datasets, mapped to the canonical names (also used by the
+#: dataset loader, so a row's ``answer_type`` means the same thing everywhere).
+ANSWER_TYPE_ALIASES: dict[str, str] = {
     "int": "integer",
     "number": "float",
     "numeric": "float",
@@ -66,6 +68,8 @@ _TYPE_ALIASES: dict[str, str] = {
     "option": "choice",
     "str": "text",
     "string": "text",
+    "free_form": "text",
+    **{name: "boxes" for name in NOT_APPLICABLE_TYPES if name != "boxes"},
 }
 
 #: Default wall-clock bound (seconds) for one expression grade sent to the worker process.
@@ -876,7 +880,7 @@ def resolve_answer_type(
     key = str(answer_type).strip().lower()
     if key in NOT_APPLICABLE_TYPES:
         return None
-    key = _TYPE_ALIASES.get(key, key)
+    key = ANSWER_TYPE_ALIASES.get(key, key)
     if key not in ANSWER_TYPES:
         known = ", ".join(ANSWER_TYPES + tuple(sorted(NOT_APPLICABLE_TYPES)))
         raise ValueError(f"answer_type={answer_type!r} is not one of: {known}")
