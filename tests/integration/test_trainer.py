@@ -203,3 +203,45 @@ def test_question_prompt_for_box_tasks_is_the_question_itself(world) -> None:
     s = replace(world[0], answer_type="boxes", question="Locate every circle.")
     p = question_prompt(s, [Image.new("RGB", (28, 28))], PromptSet())
     assert p.messages[0]["content"][-1]["text"] == "Locate every circle."
+
+
+def test_rectified_traces_are_trained_on_the_original_prompt(
+    tmp_path, tiny_qwen25_dir, world
+) -> None:
+    from ivr.rl.scoring import Score
+
+    calls = {"n": 0}
+
+    def first_wrong_then_right(samples, completions, progress=0.0):
+        """Rollouts all fail (reward 0); every rectification is accepted (reward 1)."""
+        calls["n"] += 1
+        ok = calls["n"] > 1
+        return [Score(float(ok), {"accuracy": float(ok)}, ok) for _ in completions]
+
+    cfg = cfg_for(
+        tmp_path,
+        tiny_qwen25_dir,
+        "train.steps=1",
+        "ivr.enabled=true",
+        "ivr.k=2",
+        "ivr.critique_max_new_tokens=3",
+        "train.save_every=0",
+    )
+    trainer = Trainer(cfg, samples=world)
+    trainer.scorer = first_wrong_then_right
+    seen = []
+    real = trainer.policy.completion_logprobs
+
+    def spy(prompts, completions, **kw):
+        seen.extend(zip(prompts, completions))
+        return real(prompts, completions, **kw)
+
+    trainer.policy.completion_logprobs = spy
+    m = trainer.train()
+    assert m["ivr/accepted"] == 4 and m["ivr/accepted_round_1"] == 4  # 2 groups × k = 2, round 1
+    texts = {p.messages[0]["content"][-1]["text"] for p, _ in seen}
+    originals = {PromptSet().answer.format(question=s.question) for s in world}
+    # Every trained row — sampled or rectified — is conditioned on an original question prompt,
+    # never on the critique/rectify prompt that produced it.
+    assert texts <= originals and not any("previous answer" in t for t in texts)
+    assert len(seen) == 2 * 4 and m["loss/off_policy_sequences"] == 4
