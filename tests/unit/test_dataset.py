@@ -221,6 +221,12 @@ def test_skip_mode_warns_with_count(tmp_path):
     assert f"{path}:2" in msg and f"{path}:3" in msg and f"{path}:5" in msg
     with pytest.raises(DatasetError, match="all 1 rows are bad"), pytest.warns(UserWarning):
         load_samples(_write_jsonl(tmp_path / "u.jsonl", ["{oops"]), on_error="skip")
+    # A caller that reports bad rows itself gets every reason, and no warning.
+    reasons: list[str] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(load_samples(path, on_error="skip", skipped=reasons)) == 2
+    assert [r.split(": ", 1)[0] for r in reasons] == [f"{path}:2", f"{path}:3", f"{path}:5"]
 
 
 def test_duplicate_ids(tmp_path):

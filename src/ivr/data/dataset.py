@@ -466,13 +466,17 @@ def load_samples(
     image_root: str | Path | None = None,
     verify_images: bool = False,
     cache_dir: str | Path | None = None,
+    skipped: list[str] | None = None,
 ) -> list[Sample]:
     """The rows of a dataset (see the module docstring for inputs and columns) as ``Sample``s.
 
     ``limit`` stops after that many good rows. ``on_error="raise"`` (default) raises
     ``DatasetError`` at the first bad row, naming file and line; ``"skip"`` drops bad rows with one
-    warning carrying their count. Duplicate ids are errors (eval resumes by id).
+    warning carrying their count — or, when a ``skipped`` list is passed, appends every bad row's
+    reason ("file:line: why") to it instead, for callers that report them themselves (eval).
+    Duplicate ids are errors (eval resumes by id).
     """
+    report = skipped
     _check_on_error(on_error)
     base, records = _records(path_or_dir, split, default_name="")
     base = Path(image_root) if image_root is not None else base
@@ -480,7 +484,7 @@ def load_samples(
     cache = Path(cache_dir) if cache_dir is not None else None
     out: list[Sample] = []
     seen: set[str] = set()
-    skipped: list[str] = []
+    skipped = []
     total = 0
     for rec in records:
         if limit is not None and len(out) >= limit:
@@ -506,7 +510,10 @@ def load_samples(
             continue
         seen.add(s.id)
         out.append(s)
-    _warn_skipped(path_or_dir, skipped, total)
+    if report is not None:
+        report.extend(skipped)
+    else:
+        _warn_skipped(path_or_dir, skipped, total)
     if not out and total:
         raise DatasetError(f"{path_or_dir}: all {total} rows are bad (first: {skipped[0]})")
     return out

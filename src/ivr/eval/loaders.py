@@ -804,29 +804,17 @@ def _vlmevalkit_row(path, i, row, rid, name, option_cols, by_index) -> EvalItem:
 
 
 def _load_project(path: Path, split: str, name: str) -> tuple[list[EvalItem], list[SkippedRow]]:
-    import warnings
-
     from ivr.data.dataset import load_samples
 
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            samples = load_samples(path, split, on_error="skip")
-        except (KeyError, ValueError, TypeError) as e:
-            raise BenchmarkFormatError(
-                f"{path}: not a dataset in the project schema (JSONL/parquet rows with id, "
-                f"question, answer, images …; see ivr.data.dataset): {e}"
-            ) from e
-    skipped: list[SkippedRow] = []
-    for w in caught:  # load_samples reports bad rows in one warning: "skipped N of M rows: …"
-        m = _SKIPPED_WARNING.search(str(w.message))
-        if m is None:
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-            continue
-        reasons = m.group(2).removesuffix(" …").split("; ")
-        for k in range(int(m.group(1))):
-            reason = reasons[k] if k < len(reasons) else "(see the first reasons listed)"
-            skipped.append(SkippedRow(name, str(path), reason))
+    reasons: list[str] = []
+    try:
+        samples = load_samples(path, split, on_error="skip", skipped=reasons)
+    except (KeyError, ValueError, TypeError) as e:
+        raise BenchmarkFormatError(
+            f"{path}: not a dataset in the project schema (JSONL/parquet rows with id, "
+            f"question, answer, images …; see ivr.data.dataset): {e}"
+        ) from e
+    skipped = [SkippedRow(name, str(path), reason) for reason in reasons]
     items = []
     for s in samples:
         extra = dict(s.extra)
@@ -857,9 +845,6 @@ def _load_project(path: Path, split: str, name: str) -> tuple[list[EvalItem], li
             )
         )
     return items, skipped
-
-
-_SKIPPED_WARNING = re.compile(r"skipped (\d+) of \d+ rows: (.*)$", re.S)
 
 
 # --------------------------------------------------------------------------------------------
