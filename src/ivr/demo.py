@@ -88,6 +88,7 @@ class Plan:
     ablations: bool
     workers: int
     p: dict[str, Any]
+    rl_lr: float = 5e-5
 
 
 def add_demo_arguments(p: argparse.ArgumentParser) -> None:
@@ -96,6 +97,7 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", type=int, default=3, help="RL seeds per method")
     p.add_argument("--ablations", action="store_true", help="k, image-vs-description, Vision-R1")
     p.add_argument("--workers", type=int, default=2, help="training/eval jobs run in parallel")
+    p.add_argument("--rl-lr", type=float, default=5e-5, help="learning rate of GRPO and IVR-R1")
 
 
 # ------------------------------------------------------------------------------------ jobs
@@ -271,7 +273,7 @@ def rl_config(
         "rollout.temperature=1.0",
         "rollout.top_p=1.0",
         f"rollout.max_new_tokens={plan.p['max_new_tokens']}",
-        "algo.lr=5e-5",  # 40 steps: 2e-5 barely moves, 1e-4 collapsed GRPO (DESIGN.md §3)
+        f"algo.lr={plan.rl_lr}",
         "algo.beta=0.0",
         "algo.micro_batch_size=32",
         f"train.output_dir={plan.out / 'rl' / name}",
@@ -493,6 +495,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
         ablations=args.ablations,
         workers=max(1, args.workers),
         p=PROFILES[args.profile],
+        rl_lr=args.rl_lr,
     )
     plan.out.mkdir(parents=True, exist_ok=True)
     _job_env()
