@@ -88,7 +88,7 @@ class Plan:
     ablations: bool
     workers: int
     p: dict[str, Any]
-    rl_lr: float = 5e-5
+    rl_lr: float = 2e-5
 
 
 def add_demo_arguments(p: argparse.ArgumentParser) -> None:
@@ -97,7 +97,9 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", type=int, default=3, help="RL seeds per method")
     p.add_argument("--ablations", action="store_true", help="k, image-vs-description, Vision-R1")
     p.add_argument("--workers", type=int, default=2, help="training/eval jobs run in parallel")
-    p.add_argument("--rl-lr", type=float, default=5e-5, help="learning rate of GRPO and IVR-R1")
+    p.add_argument(
+        "--rl-lr", type=float, default=2e-5, help="GRPO and IVR-R1 learning rate (DESIGN.md §3)"
+    )
 
 
 # ------------------------------------------------------------------------------------ jobs

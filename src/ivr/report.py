@@ -118,6 +118,16 @@ def verdict(results: dict[str, Any]) -> str:
             f"IVR-R1 does NOT beat GRPO here: {100 * i['accuracy']:.1f} vs {100 * g['accuracy']:.1f} "
             f"held-out accuracy ({100 * diff:+.1f} points; seed spread {100 * spread:.1f}, {n} seeds)."
         )
+    sft = m.get("sft", {}).get("accuracy")
+    if sft is not None:
+        best = max(g["accuracy"], i["accuracy"])
+        if best <= sft:
+            head += (
+                f" Neither RL method improves on the SFT cold start ({100 * sft:.1f}) within this "
+                "budget of steps."
+            )
+        else:
+            head += f" SFT cold start: {100 * sft:.1f}."
     rect = i.get("rectification")
     if rect:
         head += (

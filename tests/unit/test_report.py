@@ -88,10 +88,13 @@ def test_table_and_verdict_numbers(tmp_path) -> None:
     # difference 4.0 points > the larger spread 2.0 → a win, stated with both numbers
     assert v.startswith("IVR-R1 beats GRPO here: 74.0 vs 70.0") and "+4.0 points" in v
     assert "accepted 40% of the critiqued failures (per round: 3, 1, 0)" in v
+    assert "SFT cold start: 60.0." in v  # 0.74 > 0.60: RL improved on SFT
     results["methods"]["ivr"]["accuracy"] = 0.69  # −1.0 point, within the 2.0 spread
     assert verdict(results).startswith("IVR-R1 and GRPO are within seed noise here")
     results["methods"]["ivr"]["accuracy"] = 0.60
     assert verdict(results).startswith("IVR-R1 does NOT beat GRPO here")
+    results["methods"]["grpo"]["accuracy"] = 0.59  # both at or below SFT's 0.60
+    assert "Neither RL method improves on the SFT cold start (60.0)" in verdict(results)
 
 
 def test_report_html_is_self_contained(tmp_path) -> None:
