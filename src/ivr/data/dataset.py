@@ -49,25 +49,6 @@ __all__ = ["DatasetError", "load_samples", "load_sft_rows", "row_to_sample"]
 
 ANSWER_TYPES = ("integer", "float", "expression", "choice", "text", "boxes")
 _ALIASES = {
-    "int": "integer",
-    "number": "float",
-    "numeric": "float",
-    "math": "expression",
-    "latex": "expression",
-    "list": "expression",
-    "multi_choice": "choice",
-    "multiple_choice": "choice",
-    "mcq": "choice",
-    "option": "choice",
-    "str": "text",
-    "string": "text",
-    "free_form": "text",
-    "bbox": "boxes",
-    "box": "boxes",
-    "detection": "boxes",
-    "grounding": "boxes",
-}
-_ALIASES = {
     "id": ("id", "idx", "pid", "question_id", "uid"),
     "question": ("question", "problem", "prompt"),
     "answer": ("answer", "solution", "ground_truth", "gt_answer"),
@@ -457,6 +438,32 @@ def _warn_skipped(source: Any, skipped: list[str], total: int) -> None:
         warnings.warn(f"{source}: skipped {len(skipped)} of {total} rows: {first}", stacklevel=3)
 
 
+def _convert_records(
+    records: Iterable[_Record], convert: Any, *, limit: int | None, on_error: str
+) -> tuple[list[Any], list[str], int]:
+    """``convert`` every record: (converted rows, reasons of the skipped ones, rows read).
+
+    A bad row raises ``DatasetError`` naming its file and line, or with ``on_error="skip"`` is
+    left out and its reason kept; ``limit`` stops after that many good rows."""
+    out: list[Any] = []
+    skipped: list[str] = []
+    total = 0
+    for rec in records:
+        if limit is not None and len(out) >= limit:
+            break
+        total += 1
+        try:
+            if isinstance(rec.value, Exception):
+                raise rec.value
+            out.append(convert(rec))
+        except (ValueError, TypeError, FileNotFoundError) as e:
+            msg = str(e) if isinstance(e, DatasetError) else f"{rec.where}: {e}"
+            if on_error == "raise":
+                raise DatasetError(msg) from e
+            skipped.append(msg)
+    return out, skipped, total
+
+
 def load_samples(
     path_or_dir: str | Path,
     split: str = "train",
@@ -476,46 +483,33 @@ def load_samples(
     reason ("file:line: why") to it instead, for callers that report them themselves (eval).
     Duplicate ids are errors (eval resumes by id).
     """
-    report = skipped
     _check_on_error(on_error)
     base, records = _records(path_or_dir, split, default_name="")
     base = Path(image_root) if image_root is not None else base
     stem = Path(path_or_dir).stem if Path(path_or_dir).is_file() else split
     cache = Path(cache_dir) if cache_dir is not None else None
-    out: list[Sample] = []
     seen: set[str] = set()
-    skipped = []
-    total = 0
-    for rec in records:
-        if limit is not None and len(out) >= limit:
-            break
-        total += 1
-        try:
-            if isinstance(rec.value, Exception):
-                raise rec.value
-            s = row_to_sample(
-                rec.value,
-                base_dir=base,
-                default_id=f"{stem}-{rec.index}",
-                cache_dir=cache,
-                verify_images=verify_images,
-            )
-            if s.id in seen:
-                raise ValueError(f"duplicate id {s.id!r}")
-        except (ValueError, TypeError, FileNotFoundError) as e:
-            msg = str(e) if isinstance(e, DatasetError) else f"{rec.where}: {e}"
-            if on_error == "raise":
-                raise DatasetError(msg) from e
-            skipped.append(msg)
-            continue
+
+    def convert(rec: _Record) -> Sample:
+        s = row_to_sample(
+            rec.value,
+            base_dir=base,
+            default_id=f"{stem}-{rec.index}",
+            cache_dir=cache,
+            verify_images=verify_images,
+        )
+        if s.id in seen:
+            raise ValueError(f"duplicate id {s.id!r}")
         seen.add(s.id)
-        out.append(s)
-    if report is not None:
-        report.extend(skipped)
+        return s
+
+    out, bad, total = _convert_records(records, convert, limit=limit, on_error=on_error)
+    if skipped is not None:
+        skipped.extend(bad)
     else:
-        _warn_skipped(path_or_dir, skipped, total)
+        _warn_skipped(path_or_dir, bad, total)
     if not out and total:
-        raise DatasetError(f"{path_or_dir}: all {total} rows are bad (first: {skipped[0]})")
+        raise DatasetError(f"{path_or_dir}: all {total} rows are bad (first: {bad[0]})")
     return out
 
 
@@ -626,22 +620,12 @@ def load_sft_rows(
     base, records = _records(path, "sft", default_name="sft.jsonl")
     base = Path(image_root) if image_root is not None else base
     cache = Path(cache_dir) if cache_dir is not None else None
-    out: list[dict[str, Any]] = []
-    skipped: list[str] = []
-    total = 0
-    for rec in records:
-        if limit is not None and len(out) >= limit:
-            break
-        total += 1
-        try:
-            if isinstance(rec.value, Exception):
-                raise rec.value
-            out.append(_sft_row(rec.value, base, cache, verify_images))
-        except (ValueError, TypeError, FileNotFoundError) as e:
-            msg = str(e) if isinstance(e, DatasetError) else f"{rec.where}: {e}"
-            if on_error == "raise":
-                raise DatasetError(msg) from e
-            skipped.append(msg)
+    out, skipped, total = _convert_records(
+        records,
+        lambda rec: _sft_row(rec.value, base, cache, verify_images),
+        limit=limit,
+        on_error=on_error,
+    )
     _warn_skipped(path, skipped, total)
     if not out:
         why = f" (first: {skipped[0]})" if skipped else ""
