@@ -220,6 +220,7 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
     def train(self) -> dict[str, float]:
         last: dict[str, float] = {}
+        step = self.start_step  # the step in progress; step - 1 is the last one completed
         try:
             for step in range(self.start_step + 1, self.total_steps + 1):
                 self._dirty = False
@@ -232,7 +233,7 @@ class Trainer:
                 self.save_final()
         except BaseException:
             # A crash (or Ctrl-C) before this step touched the weights: keep the work done so far.
-            done = step - 1 if "step" in locals() else self.start_step
+            done = step - 1
             if not self._dirty and done > self.start_step and self.cfg.train.save_every:
                 self.save(done)
             raise
