@@ -152,10 +152,49 @@ def make_images(root: Path, n: int) -> list[tuple[Path, str]]:
     return out
 
 
+def make_work(root: Path, n: int, size: int = 112):
+    """``n`` images (``make_images``, resized to ``size`` px) → ivr ``Sample``s and TRL rows
+    ``(path, user text, answer)``: TRL gets exactly the user text ivr builds (the
+    <desc>/<think>/\\boxed{} instruction), so every prompt has the same token count."""
+    from PIL import Image
+
+    from ivr.data.images import load_image
+    from ivr.data.prompts import PromptSet
+    from ivr.rl.trainer import question_prompt
+    from ivr.types import Sample
+
+    root.mkdir(parents=True, exist_ok=True)
+    images = make_images(root, n)
+    if size != 112:
+        for path, _ in images:
+            Image.open(path).resize((size, size), Image.Resampling.BICUBIC).save(path)
+    samples = [
+        Sample(id=str(i), question=QUESTION, answer=c, images=(str(path),), answer_type="text")
+        for i, (path, c) in enumerate(images)
+    ]
+    texts = [
+        question_prompt(s, [load_image(s.images[0])], PromptSet()).messages[0]["content"][-1][
+            "text"
+        ]
+        for s in samples
+    ]
+    return samples, [(path, t, c) for (path, c), t in zip(images, texts)]
+
+
 # ---------------------------------------------------------------------- trainers
-def build_ivr(args, model_dir: Path, samples, out: Path, ivr: bool):
+def fixed_length(policy) -> None:
+    """Make every completion exactly ``max_new_tokens`` long: the eos ids join the suppressed
+    tokens (−inf when sampling and scoring) — TRL's ``min_new_tokens`` done through the one knob
+    ``Policy`` has."""
     import torch
 
+    policy._suppressed = tuple(sorted(set(policy._suppressed) | set(policy.eos_token_ids)))
+    policy._suppressed_t = torch.tensor(policy._suppressed, dtype=torch.long)
+
+
+def build_ivr(args, model_dir: Path, samples, out: Path, ivr: bool, *, policy=None, extra=()):
+    """ivr's Trainer on the benchmark's work. ``policy`` (default: loaded from ``model_dir`` on
+    the CPU in float32) and ``extra`` config overrides let other benchmarks reuse it."""
     from ivr.config import load_config
     from ivr.models.policy import Policy
     from ivr.rl.trainer import Trainer
@@ -181,18 +220,31 @@ def build_ivr(args, model_dir: Path, samples, out: Path, ivr: bool):
         "log.jsonl=false",
         f"ivr.enabled={str(ivr).lower()}",
         f"ivr.critique_max_new_tokens={args.max_new_tokens}",
+        *extra,
     ]
     cfg = load_config(None, overrides)
-    policy = Policy.from_pretrained(model_dir, device="cpu")
-    # Equal lengths: the eos ids join the suppressed tokens (−inf when sampling and scoring).
-    policy._suppressed = tuple(sorted(set(policy._suppressed) | set(policy.eos_token_ids)))
-    policy._suppressed_t = torch.tensor(policy._suppressed, dtype=torch.long)
+    if policy is None:
+        policy = Policy.from_pretrained(model_dir, device="cpu")
+    fixed_length(policy)
     if args.no_shared_prefix:
         policy.shared_prefix = False
     return Trainer(cfg, policy=policy, samples=samples)
 
 
-def build_trl(args, model_dir: Path, rows, out: Path, suppressed, callback):
+def build_trl(
+    args,
+    model_dir: Path,
+    rows,
+    out: Path,
+    suppressed,
+    callback,
+    *,
+    model=None,
+    processor=None,
+    **kw,
+):
+    """TRL's GRPOTrainer on the same work. ``model``/``processor`` (default: loaded from
+    ``model_dir``, float32, CPU) and ``GRPOConfig`` overrides (``kw``) let others reuse it."""
     import torch
     from datasets import Dataset
     from transformers import AutoModelForImageTextToText
@@ -201,10 +253,12 @@ def build_trl(args, model_dir: Path, rows, out: Path, suppressed, callback):
     from ivr.models.policy import Policy
     from ivr.rewards import combined_reward
 
-    processor = Policy.from_pretrained(model_dir, device="cpu").processor
-    model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32)
+    if processor is None:
+        processor = Policy.from_pretrained(model_dir, device="cpu").processor
+    if model is None:
+        model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32)
     batch = args.prompts * args.group
-    config = GRPOConfig(
+    settings = dict(
         output_dir=str(out),
         max_steps=args.warmup + args.steps + args.mem_steps,
         per_device_train_batch_size=args.micro,
@@ -234,6 +288,7 @@ def build_trl(args, model_dir: Path, rows, out: Path, suppressed, callback):
         dataloader_num_workers=0,
         seed=0,
     )
+    config = GRPOConfig(**{**settings, **kw})
     from PIL import Image
 
     data = Dataset.from_list(
@@ -297,11 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import TrainerCallback
     from transformers.utils import logging as hf_logging
 
-    from ivr.data.images import load_image
-    from ivr.data.prompts import PromptSet
     from ivr.models.tiny import build_tiny_vlm
-    from ivr.rl.trainer import question_prompt
-    from ivr.types import Sample
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
@@ -310,20 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     model_dir = build_tiny_vlm(
         tmp / "model", "qwen2_5_vl", hidden=args.hidden, layers=args.layers, seed=0
     )
-    (tmp / "img").mkdir()
-    images = make_images(tmp / "img", 16)
-    samples = [
-        Sample(id=str(i), question=QUESTION, answer=c, images=(str(path),), answer_type="text")
-        for i, (path, c) in enumerate(images)
-    ]
-    # TRL gets exactly the user text ivr builds (the <desc>/<think>/\boxed{} instruction).
-    texts = [
-        question_prompt(s, [load_image(s.images[0])], PromptSet()).messages[0]["content"][-1][
-            "text"
-        ]
-        for s in samples
-    ]
-    rows = [(path, t, c) for (path, c), t in zip(images, texts)]
+    samples, rows = make_work(tmp / "img", 16)
 
     ivr_trainer = build_ivr(args, model_dir, samples, tmp / "ivr", ivr=False)
     ivr_rect = build_ivr(args, model_dir, samples, tmp / "ivr_rect", ivr=True) if args.ivr else None

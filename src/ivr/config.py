@@ -36,6 +36,8 @@ class ModelConfig:
     lora_rank: int = 0  # 0 = full fine-tuning
     lora_alpha: int = 32
     freeze_vision: bool = False
+    load_in_4bit: bool = False  # QLoRA: nf4 base weights, needs lora_rank; 'ivr[qlora]'
+    logprob_chunk_size: int = 1024  # positions upcast to float32 at once when scoring; 0 = all
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,13 @@ class RolloutConfig:
     temperature: float = 1.0
     top_p: float = 0.99
     max_new_tokens: int = 512
-    backend: str = "hf"  # hf | vllm
+    backend: str = "hf"  # hf | vllm (pip install 'ivr[vllm]'; docs/scaling.md "Rollout backends")
+    # old_logprobs from a no-grad HF forward instead of the sampler's: auto = on for vllm, off for
+    # hf (whose sampling logprobs are the training forward's, tested to 1e-4)
+    recompute_logprobs: bool | str = "auto"  # auto | true | false
+    vllm_gpu_memory_utilization: float = 0.3  # vLLM's share of the GPU (its weights + KV cache)
+    vllm_max_model_len: int | None = None  # prompt + completion tokens; None = the model's
+    vllm_sleep_mode: bool = False  # offload vLLM's weights and drop its KV cache between calls
 
 
 @dataclass(frozen=True)
@@ -107,6 +115,7 @@ class TrainConfig:
     eval_every: int = 0  # 0 = never during training
     resume: bool = False
     threads: int = 0  # torch CPU threads; 0 = leave torch's default
+    sharding: str = "auto"  # auto (follow `accelerate launch`) | none (data parallel) | fsdp
 
 
 @dataclass(frozen=True)
@@ -158,6 +167,7 @@ _CHOICES = {
     "model.dtype": {"float32", "bfloat16", "float16"},
     "data.on_error": {"raise", "skip"},
     "rollout.backend": {"hf", "vllm"},
+    "train.sharding": {"auto", "none", "fsdp"},
     "algo.lr_schedule": {"constant", "cosine"},
     "sft.lr_schedule": {"constant", "cosine"},
     "algo.aggregation": {"token", "sequence", "dr_grpo"},
@@ -240,8 +250,30 @@ def validate(cfg: Config, where: str = "config") -> Config:
         ("rollout.group_size", cfg.rollout.group_size >= 1, "must be ≥ 1"),
         ("rollout.temperature", cfg.rollout.temperature >= 0, "must be ≥ 0"),
         ("rollout.top_p", 0 < cfg.rollout.top_p <= 1, "must be in (0, 1]"),
+        (
+            "rollout.recompute_logprobs",
+            isinstance(cfg.rollout.recompute_logprobs, bool)
+            or cfg.rollout.recompute_logprobs == "auto",
+            "must be auto, true or false",
+        ),
+        (
+            "rollout.vllm_gpu_memory_utilization",
+            0 < cfg.rollout.vllm_gpu_memory_utilization <= 1,
+            "must be in (0, 1]",
+        ),
+        (
+            "rollout.vllm_max_model_len",
+            cfg.rollout.vllm_max_model_len is None or cfg.rollout.vllm_max_model_len >= 1,
+            "must be ≥ 1 (or null for the model's own)",
+        ),
         ("reward.format_weight", 0 <= cfg.reward.format_weight <= 1, "must be in [0, 1]"),
         ("reward.loc_switch_at", 0 <= cfg.reward.loc_switch_at <= 1, "must be in [0, 1]"),
+        ("model.logprob_chunk_size", cfg.model.logprob_chunk_size >= 0, "must be ≥ 0"),
+        (
+            "model.load_in_4bit",
+            not cfg.model.load_in_4bit or cfg.model.lora_rank > 0,
+            "needs model.lora_rank > 0 (QLoRA trains LoRA adapters on frozen 4-bit weights)",
+        ),
         ("algo.lr", cfg.algo.lr >= 0, "must be ≥ 0"),
         ("algo.beta", cfg.algo.beta >= 0, "must be ≥ 0"),
         ("algo.clip_low", 0 <= cfg.algo.clip_low < 1, "must be in [0, 1)"),

@@ -124,12 +124,12 @@ def _eval_job(
 ) -> dict:
     _job_env()
     from .data.dataset import load_samples
+    from .eval.runner import evaluate_samples
     from .models.policy import Policy
-    from .sft import evaluate
 
     policy = Policy.from_pretrained(model_dir)
     samples = load_samples(data_dir, split="test", limit=limit)
-    metrics, records = evaluate(policy, samples, max_new_tokens=max_new_tokens)
+    metrics, records = evaluate_samples(policy, samples, max_new_tokens=max_new_tokens)
     Path(out_json).write_text(json.dumps({"metrics": metrics, "records": records}))
     return metrics
 
@@ -142,16 +142,16 @@ def _rereason_job(
     from .data.dataset import load_samples
     from .data.images import load_image
     from .data.prompts import PromptSet
+    from .eval.runner import evaluate_samples
     from .models.policy import Policy
     from .rl.rectify import rereason_eval
     from .rl.scoring import Scorer
-    from .sft import evaluate
 
     policy = Policy.from_pretrained(model_dir)
     samples = [
         s for s in load_samples(data_dir, split="test", limit=limit) if s.answer_type != "boxes"
     ]
-    _, records = evaluate(policy, samples, max_new_tokens=max_new_tokens)
+    _, records = evaluate_samples(policy, samples, max_new_tokens=max_new_tokens)
     images = [tuple(load_image(p) for p in s.images) for s in samples]
     res = rereason_eval(
         policy.generate,

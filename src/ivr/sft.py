@@ -38,10 +38,11 @@ What is really implemented, and why:
   scheduler, RNG) every ``sft.save_every`` steps, and ``train.resume=true`` continues from the last
   one with the same losses as an uninterrupted run (tested on CPU).
 - **One process, one device** (no ``accelerate launch`` data parallelism yet).
-- **Eval** on ``data.eval`` (split ``data.eval_split``, the first ``sft.eval_limit`` rows): greedy
-  answers to the same prompt the RL trainer uses, graded by ``rl.scoring.Scorer``; accuracy,
-  format rate and, for rows that carry the true ``scene`` (the synthetic world), how exactly the
-  model's ``<desc>`` block describes it (``synth.description_fidelity``).
+- **Eval** on ``data.eval`` (split ``data.eval_split``, the first ``sft.eval_limit`` rows) through
+  the project's one eval loop (``ivr.eval.runner.evaluate_samples``): greedy answers to the same
+  prompt the RL trainer uses, graded by ``rl.scoring.Scorer``; accuracy, format rate and, for rows
+  that carry the true ``scene`` (the synthetic world), how exactly the model's ``<desc>`` block
+  describes it (``synth.description_fidelity``).
 
     from ivr.config import load_config
     from ivr.sft import run_sft
@@ -51,7 +52,6 @@ What is really implemented, and why:
 from __future__ import annotations
 
 import inspect
-import json
 import math
 import random
 import time
@@ -431,120 +431,14 @@ def sft_loss(model: torch.nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, 
 # ---------------------------------------------------------------------------- eval
 
 
-def _synth_meta(path: str | Path | None) -> dict[str, Any]:
-    if not path:
-        return {}
-    p = Path(path)
-    meta = (p if p.is_dir() else p.parent) / "meta.json"
-    try:
-        return json.loads(meta.read_text()) if meta.is_file() else {}
-    except (OSError, json.JSONDecodeError):
-        return {}
-
-
-def _attribute_f1(response: str, scene: Sequence[dict[str, Any]], grid: int) -> float:
-    """Object-level F1 of a response's ``<desc>`` on (shape, colour, digit), positions ignored:
-    does the model see *what* is there, even when it misplaces it? (Synthetic world only.)"""
-    from collections import Counter
-
-    from .data.synth import extract_description, parse_description
-
-    desc = extract_description(response)
-    if desc is None:
-        return 0.0
-    truth = Counter((o["shape"], o["colour"], o.get("digit")) for o in scene)
-    parts = [] if desc.strip().rstrip(".").lower() in ("", "no shapes") else desc.split(";")
-    pred: Counter = Counter()
-    for part in parts:
-        items = parse_description(part, grid)
-        if items:
-            pred[(items[0]["shape"], items[0]["colour"], items[0]["digit"])] += 1
-    n_true = sum(truth.values())
-    if not parts and not n_true:
-        return 1.0
-    return 2 * sum((pred & truth).values()) / (len(parts) + n_true)
-
-
 def evaluate(
-    policy: Policy,
-    samples: Sequence[Sample],
-    *,
-    scorer: Any = None,
-    prompts: PromptSet | None = None,
-    max_new_tokens: int = 256,
-    batch_size: int = 32,
-    grid: int = 4,
+    policy: Policy, samples: Sequence[Sample], **kwargs: Any
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """Greedy answers to the RL trainer's prompt, graded by the training scorer.
+    """Greedy eval of samples in memory → (metrics, records): the project's one eval loop,
+    :func:`ivr.eval.runner.evaluate_samples` (same keyword arguments), kept under this name."""
+    from .eval.runner import evaluate_samples
 
-    Returns (metrics, per-sample records). Metrics: ``accuracy`` and ``format`` over text-graded
-    samples, ``accuracy/<task>`` when several tasks, ``loc_reward`` over box samples, and
-    ``desc_exact``/``desc_f1`` (``synth.description_fidelity``: objects with their positions) and
-    ``desc_attr_f1`` (positions ignored) over non-box samples carrying the true ``scene``
-    (synthetic world; box answers have no ``<desc>`` block).
-    """
-    from .rl.scoring import Scorer
-    from .rl.trainer import question_prompt
-
-    scorer = scorer or Scorer()
-    prompts = prompts or PromptSet()
-    fidelity = None
-    if any("scene" in s.extra for s in samples):
-        try:
-            from .data.synth import description_fidelity as fidelity
-        except ImportError:  # pragma: no cover - the synth module ships with the package
-            fidelity = None
-    records: list[dict[str, Any]] = []
-    was_training = policy.model.training
-    policy.model.eval()
-    try:
-        for s in range(0, len(samples), batch_size):
-            chunk = list(samples[s : s + batch_size])
-            chats = [
-                question_prompt(x, tuple(load_image(p) for p in x.images), prompts) for x in chunk
-            ]
-            gens = policy.generate(chats, max_new_tokens=max_new_tokens, temperature=0.0)
-            texts = [g[0].text for g in gens]
-            for x, text, score, g in zip(chunk, texts, scorer(chunk, texts), gens):
-                rec: dict[str, Any] = {
-                    "id": x.id,
-                    "task": x.task,
-                    "question": x.question,
-                    "answer": x.answer,
-                    "completion": text,
-                    "reward": score.reward,
-                    "correct": score.correct,
-                    "finished": g[0].finished,
-                    **{k: v for k, v in score.components.items()},
-                }
-                if fidelity is not None and "scene" in x.extra and x.answer_type != "boxes":
-                    fid = fidelity(text, x.extra["scene"], grid)
-                    rec["desc_exact"], rec["desc_f1"] = fid["exact"], fid["f1"]
-                    rec["desc_attr_f1"] = _attribute_f1(text, x.extra["scene"], grid)
-                records.append(rec)
-    finally:
-        policy.model.train(was_training)
-    graded = [r for r in records if r["correct"] is not None]
-    metrics: dict[str, float] = {"n": float(len(records))}
-    if graded:
-        metrics["accuracy"] = float(np.mean([r["correct"] for r in graded]))
-        metrics["format"] = float(np.mean([r.get("format", 0.0) for r in graded]))
-        tasks = sorted({r["task"] for r in graded})
-        if len(tasks) > 1:
-            for t in tasks:
-                metrics[f"accuracy/{t}"] = float(
-                    np.mean([r["correct"] for r in graded if r["task"] == t])
-                )
-    boxes = [r for r in records if r["correct"] is None and "loc_total" in r]
-    if boxes:
-        metrics["loc_reward"] = float(np.mean([r["loc_total"] for r in boxes]))
-    described = [r for r in records if "desc_exact" in r]
-    if described:
-        metrics["desc_exact"] = float(np.mean([r["desc_exact"] for r in described]))
-        metrics["desc_f1"] = float(np.mean([r["desc_f1"] for r in described]))
-        metrics["desc_attr_f1"] = float(np.mean([r["desc_attr_f1"] for r in described]))
-    metrics["finished"] = float(np.mean([r["finished"] for r in records])) if records else 0.0
-    return metrics, records
+    return evaluate_samples(policy, samples, **kwargs)
 
 
 # ---------------------------------------------------------------------------- training
@@ -659,7 +553,9 @@ class SFTRunner:
                 format_weight=cfg.reward.format_weight,
                 localization=LocalizationConfig(switch_at=cfg.reward.loc_switch_at),
             )
-        self.grid = int(_synth_meta(cfg.data.eval).get("params", {}).get("grid", 4))
+        from .eval.runner import synth_grid
+
+        self.grid = synth_grid(cfg.data.eval)
 
         resume_from = ckpt.latest_checkpoint(self.ckpt_dir) if cfg.train.resume else None
         if cfg.train.resume and resume_from is None:
@@ -839,9 +735,11 @@ class SFTRunner:
         }
 
     def evaluate(self, step: int) -> dict[str, float]:
+        from .eval.runner import evaluate_samples
+
         cfg = self.cfg
         t = time.perf_counter()
-        metrics, records = evaluate(
+        metrics, records = evaluate_samples(
             self.policy,
             self.eval_samples,
             scorer=self.scorer,

@@ -291,3 +291,81 @@ def test_tiny_vlm_end_to_end_and_resume(
     assert main(args) == 0
     again = json.loads((tmp_path / "a" / "results.json").read_text())
     assert all(s["timing"]["samples"] == 0 for s in again["benchmarks"].values())
+
+
+# ------------------------------------------------------------------------ the one eval loop
+
+
+def test_description_fidelity_with_and_without_positions() -> None:
+    from ivr.eval.runner import _description
+
+    scene = [
+        {"shape": "circle", "colour": "red", "digit": None, "row": 0, "col": 0},
+        {"shape": "square", "colour": "blue", "digit": None, "row": 3, "col": 3},
+    ]
+    text = r"<desc>a red circle at top left; a blue square at top right</desc> <think>2</think> \boxed{2}"
+    # By hand: the square is misplaced (row 0, not 3), so not exact; with positions 1 of the 2
+    # objects matches (P = R = F1 = 1/2); without them both do (F1 = 2·2 / (2 + 2) = 1).
+    assert _description(text, scene, grid=4) == {"exact": 0.0, "f1": 0.5, "attr_f1": 1.0}
+    assert _description(r"<think>2</think> \boxed{2}", scene, grid=4) == {
+        "exact": 0.0,
+        "f1": 0.0,
+        "attr_f1": 0.0,
+    }
+
+
+def test_synth_grid_comes_from_the_dataset_meta(data_root: Path, tmp_path: Path) -> None:
+    from ivr.eval.runner import synth_grid
+
+    assert synth_grid(data_root / "world") == 4
+    (tmp_path / "meta.json").write_text(json.dumps({"params": {"grid": 3}}))
+    assert synth_grid(tmp_path) == 3
+    assert synth_grid(tmp_path / "other.jsonl") == 3  # a file: its directory's meta
+    (tmp_path / "plain").mkdir()
+    assert synth_grid(tmp_path / "plain") == 4 and synth_grid(None) == 4  # no meta: 4
+
+
+def test_in_memory_eval_is_the_benchmark_loop(
+    data_root: Path, tiny_qwen25_dir: Path, tmp_path: Path
+) -> None:
+    """``evaluate_samples`` (SFT eval, demo) and ``evaluate_benchmark`` run the same loop: the
+    same answer, grade and description fidelity for every item of the synthetic world."""
+    from ivr.data.dataset import load_samples
+    from ivr.eval.runner import evaluate_benchmark, evaluate_samples
+    from ivr.models.policy import Policy
+    from ivr.sft import evaluate as sft_evaluate
+
+    policy = Policy.from_pretrained(tiny_qwen25_dir)
+    world = data_root / "world"
+    samples = load_samples(world, split="test")
+    kw = dict(max_new_tokens=12, batch_size=4)
+    metrics, records = evaluate_samples(policy, samples, **kw)
+    assert sft_evaluate(policy, samples, **kw) == (metrics, records)
+    assert [r["id"] for r in records] == [s.id for s in samples]
+    assert {"accuracy", "format", "loc_reward", "desc_exact", "desc_f1", "desc_attr_f1"} <= set(
+        metrics
+    )
+
+    summary = evaluate_benchmark(policy, load_benchmark(f"synth:{world}"), tmp_path, log=None, **kw)
+    lines = (tmp_path / summary["name"] / "predictions.jsonl").read_text().splitlines()
+    preds = {p["id"]: p for p in map(json.loads, lines)}
+    assert set(preds) == {s.id for s in samples}
+    for r in records:
+        p = preds[r["id"]]
+        assert (p["response"], p["correct"], p["reward"], p["finished"]) == (
+            r["completion"],
+            r["correct"],
+            r["reward"],
+            r["finished"],
+        )
+        assert {k: v for k, v in r.items() if k in p["components"]} == p["components"]
+        if "desc_exact" in r:
+            assert p["description"] == {
+                "exact": r["desc_exact"],
+                "f1": r["desc_f1"],
+                "attr_f1": r["desc_attr_f1"],
+            }
+        else:
+            assert "description" not in p
+    for k in ("exact", "f1", "attr_f1"):
+        assert summary["description"][k] == pytest.approx(100 * metrics[f"desc_{k}"], abs=0.01)

@@ -28,9 +28,14 @@ from pathlib import Path
 
 import pytest
 
-STEPS = 3
+STEPS = int(os.environ.get("IVR_MP_STEPS", "3"))
 TIMEOUT_S = 180
 NAN_RANK, NAN_STEP = 1, 2  # this rank's rewards are all NaN at this step
+# IVR-R1 on: critique → rectify rounds, generated on each rank alone (under FSDP, on gathered
+# weights). Short critiques keep the FSDP and data-parallel runs sampling the same tokens: Adam's
+# first steps turn float-rounding differences into ~lr-sized ones on near-zero gradients, and
+# hundreds of sampled tokens would then diverge by chance, not by a bug.
+IVR_OVERRIDES = ["ivr.enabled=true", "ivr.rounds=2", "ivr.tau=0.5", "ivr.critique_max_new_tokens=6"]
 
 
 def _write_images(root: Path) -> list[dict]:
@@ -45,7 +50,8 @@ def _write_images(root: Path) -> list[dict]:
     return rows
 
 
-def _launch(tmp_path: Path, model_dir: Path, rows: list[dict]) -> list[dict]:
+def _launch(tmp_path: Path, model_dir: Path, rows: list[dict], mode: str = "ddp") -> list[dict]:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     (tmp_path / "rows.json").write_text(json.dumps(rows))
     env = {
         **os.environ,
@@ -74,6 +80,7 @@ def _launch(tmp_path: Path, model_dir: Path, rows: list[dict]) -> list[dict]:
         "--worker",
         str(model_dir),
         str(tmp_path),
+        mode,
     ]
     # Own session: on a timeout (a collective mismatch hangs) the launcher AND its workers go.
     proc = subprocess.Popen(
@@ -142,17 +149,59 @@ def test_two_cpu_processes_stay_in_sync(tmp_path, tiny_qwen25_dir) -> None:
 
 
 # ---------------------------------------------------------------------- the worker
-def _weights_hash(model) -> str:
+def _weights_hash_of(state: dict) -> str:
     import hashlib
 
     h = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
+    for name, tensor in sorted(state.items()):
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
 
 
-def _worker(model_dir: str, out_dir: str) -> None:
+def test_fsdp_shards_and_matches_data_parallel(tmp_path, tiny_qwen25_dir) -> None:
+    """``train.sharding=fsdp`` (FSDP2 over gloo): each rank holds half of every parameter, IVR-R1
+    rectification (data-dependent generation on each rank), the KL reference, a rank with
+    nothing to train on, and checkpoints all work — and the trained weights equal the
+    data-parallel run's on the same data (same update; only float rounding differs)."""
+    pytest.importorskip("accelerate")
+    rows = _write_images(tmp_path / "images")
+    ddp = _launch(tmp_path / "ddp", tiny_qwen25_dir, rows, mode="ddp+ivr+kl")
+    fsdp = _launch(tmp_path / "fsdp", tiny_qwen25_dir, rows, mode="fsdp+ivr+kl")
+
+    for r in fsdp:  # sharded: about half of every parameter on each rank
+        assert r["local_numel"] < 0.55 * r["full_numel"], r
+    for r in ddp:
+        assert r["local_numel"] == r["full_numel"]
+    # the full state is gathered onto rank 0 only (one copy of the model in host memory)
+    assert fsdp[0]["hash_after"] != fsdp[0]["hash_before"] and fsdp[1]["full_state_keys"] == 0
+    # Both runs rectified something (the loop ran under FSDP) and saved final/ on rank 0.
+    assert sum(m["ivr/critiqued"] for m in fsdp[0]["reduced"]) > 0
+    import torch
+    from safetensors.torch import load_file
+
+    a = load_file(str(tmp_path / "ddp" / "run" / "final" / "model.safetensors"))
+    b = load_file(str(tmp_path / "fsdp" / "run" / "final" / "model.safetensors"))
+    start = load_file(str(tiny_qwen25_dir / "model.safetensors"))
+    assert a.keys() == b.keys()
+    moved = sum((a[k].float() - start[k].float()).abs().sum().item() for k in a)
+    diff = sum((a[k].float() - b[k].float()).abs().sum().item() for k in a)
+    assert moved > 1.0, "the weights did not move"
+    # Same update up to rounding (measured ~2e-4 of the movement; a wrong gradient scale, a
+    # missed rank or a skipped micro-batch gives O(1)).
+    assert diff < 0.01 * moved, (diff, moved)
+    for step in range(STEPS):  # the same trajectory: same rewards, same losses
+        for key in ("reward/mean", "loss/loss", "loss/kl", "loss/grad_norm"):
+            x, y = ddp[0]["reduced"][step][key], fsdp[0]["reduced"][step][key]
+            assert x == pytest.approx(y, rel=1e-3, abs=1e-5), (step, key)
+    # the sharded checkpoint is a complete HF model
+    step_dirs = sorted((tmp_path / "fsdp" / "run" / "checkpoints").glob("step_*"))
+    assert step_dirs and (step_dirs[-1] / "model.safetensors").is_file()
+    state = torch.load(step_dirs[-1] / "training_state.pt", weights_only=False)
+    assert state["optimizer"]["state"], "optimizer state missing from the sharded checkpoint"
+
+
+def _worker(model_dir: str, out_dir: str, mode: str = "ddp") -> None:
     import torch
 
     from ivr.config import load_config
@@ -190,7 +239,14 @@ def _worker(model_dir: str, out_dir: str) -> None:
             "reward.format_weight=0.0",
             "log.progress=false",
             "log.tensorboard=false",
-        ],
+        ]
+        + (
+            ["train.sharding=fsdp", "train.save_every=2"]
+            if mode.startswith("fsdp")
+            else ["train.sharding=none"]
+        )
+        + (IVR_OVERRIDES if "+ivr" in mode else [])
+        + (["algo.beta=0.04"] if "+kl" in mode else []),
     )
     calls = {"n": 0}
 
@@ -204,7 +260,14 @@ def _worker(model_dir: str, out_dir: str) -> None:
 
     trainer = Trainer(cfg, samples=samples, extra_rewards=[(first_token_bonus, 1.0)])
     report: dict = {"rank": trainer.rank, "world": trainer.world, "local": [], "reduced": []}
-    report["hash_before"] = _weights_hash(trainer.model)
+    from ivr.rl import sharding
+
+    report["hash_before"] = _weights_hash_of(sharding.full_state_dict(trainer.model))
+    params = list(trainer.model.parameters())
+    report["full_numel"] = sum(p.numel() for p in params)
+    report["local_numel"] = sum(
+        p.to_local().numel() if hasattr(p, "to_local") else p.numel() for p in params
+    )
     report["sample_ids"] = [
         [s.id for s in trainer.batch_samples(step)] for step in range(1, STEPS + 1)
     ]
@@ -218,9 +281,11 @@ def _worker(model_dir: str, out_dir: str) -> None:
 
     trainer._reduce = spy
     trainer.train()
-    report["hash_after"] = _weights_hash(trainer.model)
+    state = sharding.full_state_dict(trainer.model)
+    report["hash_after"] = _weights_hash_of(state)
+    report["full_state_keys"] = len(state)
     (out / f"rank{trainer.rank}.json").write_text(json.dumps(report))
 
 
-if __name__ == "__main__" and len(sys.argv) == 4 and sys.argv[1] == "--worker":
-    _worker(sys.argv[2], sys.argv[3])
+if __name__ == "__main__" and len(sys.argv) == 5 and sys.argv[1] == "--worker":
+    _worker(sys.argv[2], sys.argv[3], sys.argv[4])

@@ -15,6 +15,12 @@ from ivr.rl import policy_loss
 from ivr.rl.losses import LOSS_PRESETS, aggregate, k3_kl, shaped_surrogate
 
 
+def floats(metrics: dict[str, torch.Tensor]) -> dict[str, float]:
+    """policy_loss metrics are detached 0-d tensors (no host sync per micro-batch): one transfer."""
+    assert all(v.dim() == 0 and not v.requires_grad for v in metrics.values())
+    return dict(zip(metrics, torch.stack(list(metrics.values())).tolist()))
+
+
 def one_token(ratio: float, adv: float, **kwargs: object) -> tuple[float, float, dict[str, float]]:
     """Loss, d loss / d logp and metrics for one on-policy token with importance ratio ``ratio``."""
     logp = torch.tensor([[math.log(ratio)]], requires_grad=True)
@@ -23,7 +29,7 @@ def one_token(ratio: float, adv: float, **kwargs: object) -> tuple[float, float,
     )
     loss.backward()
     assert logp.grad is not None
-    return loss.item(), logp.grad.item(), metrics
+    return loss.item(), logp.grad.item(), floats(metrics)
 
 
 # ---------------------------------------------------------------- on-policy clipped surrogate
@@ -80,6 +86,7 @@ def test_off_policy_token_shaped() -> None:
         off_policy=torch.tensor([True]),
         shaping_gamma=0.1,
     )
+    m = floats(m)
     loss.backward()
     assert loss.item() == pytest.approx(-0.8)
     assert logp.grad is not None and logp.grad.item() == pytest.approx(-0.16)
@@ -171,6 +178,7 @@ def test_kl_penalty_in_loss() -> None:
     loss, m = policy_loss(
         logp, torch.zeros(1, 2), torch.zeros(1), torch.ones(1, 2), ref_logprobs=ref, kl_beta=0.5
     )
+    m = floats(m)
     loss.backward()
     assert loss.item() == pytest.approx(0.125)
     assert m["kl"] == pytest.approx(0.25)
@@ -182,6 +190,7 @@ def test_kl_reported_but_not_added_when_beta_zero() -> None:
     loss, m = policy_loss(
         torch.zeros(1, 1), torch.zeros(1, 1), torch.zeros(1), torch.ones(1, 1), ref_logprobs=ref
     )
+    m = floats(m)
     assert loss.item() == 0.0
     assert m["kl"] == pytest.approx(0.306853)
 
@@ -245,6 +254,7 @@ def test_mixed_batch_metrics() -> None:
         off_policy=torch.tensor([False, True]),
         entropy=torch.tensor([[1.0, 2.0], [3.0, 4.0]]),
     )
+    m = floats(m)
     assert loss.item() == pytest.approx(-0.95)
     assert m["loss"] == pytest.approx(-0.95)
     assert m["clip_frac"] == pytest.approx(0.5)
@@ -252,7 +262,7 @@ def test_mixed_batch_metrics() -> None:
     assert m["off_policy_token_share"] == pytest.approx(0.5)
     assert m["entropy"] == pytest.approx(2.5)
     assert m["kl"] == 0.0
-    assert all(isinstance(v, float) for v in m.values())
+    assert all(isinstance(v, float) for v in m.values())  # after the one transfer
 
 
 def test_bf16_inputs_are_computed_in_fp32() -> None:

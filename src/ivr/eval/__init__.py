@@ -14,6 +14,8 @@ from typing import Any
 _EXPORTS = {
     "evaluate": "ivr.eval.runner",
     "evaluate_benchmark": "ivr.eval.runner",
+    "evaluate_samples": "ivr.eval.runner",
+    "predict": "ivr.eval.runner",
     "summarize": "ivr.eval.runner",
     "load_benchmark": "ivr.eval.loaders",
     "Benchmark": "ivr.eval.loaders",

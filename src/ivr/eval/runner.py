@@ -18,6 +18,10 @@ The summary is computed from the prediction file, not from the run's memory, so 
 an uninterrupted one produce the same tables. The settings a run was made with (prompt, decoding,
 model) are kept in ``run.json``; resuming into the same directory with different settings is
 refused rather than silently mixed.
+
+``predict`` is the one generate-and-grade loop of the project: the benchmark runner above and
+``evaluate_samples`` (in memory: the SFT eval, the demo) both run through it, so an answer is
+prompted, decoded and graded the same way wherever it is evaluated.
 """
 
 from __future__ import annotations
@@ -26,8 +30,9 @@ import json
 import os
 import time
 import zlib
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +45,9 @@ from ivr.eval.loaders import (
     SkippedRow,
     load_benchmark,
 )
+from ivr.types import Sample
 
-__all__ = ["evaluate", "evaluate_benchmark", "summarize"]
+__all__ = ["evaluate", "evaluate_benchmark", "evaluate_samples", "predict", "summarize"]
 
 PREDICTIONS = "predictions.jsonl"
 SKIPPED = "skipped.jsonl"
@@ -92,7 +98,7 @@ def _check_run(bdir: Path, settings: dict[str, Any]) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# one benchmark
+# the loop: batched generation + grading (every evaluation runs through ``predict``)
 
 
 @dataclass
@@ -126,8 +132,56 @@ def _batch_seed(seed: int, items: Sequence[EvalItem]) -> int:
     return (seed * 1_000_003 + zlib.crc32(items[0].id.encode())) % (2**31)
 
 
+def synth_grid(path: str | Path | None) -> int:
+    """The cell grid of a synthetic-world dataset (``meta.json`` next to it or in it, as
+    ``ivr synth`` writes it), which positions in ``<desc>`` blocks refer to; 4 when there is none."""
+    if not path:
+        return 4
+    p = Path(path)
+    meta = (p if p.is_dir() else p.parent) / "meta.json"
+    try:
+        return int(json.loads(meta.read_text()).get("params", {}).get("grid", 4))
+    except (OSError, ValueError, AttributeError):
+        return 4
+
+
+def _attribute_f1(response: str, scene: Sequence[dict[str, Any]], grid: int) -> float:
+    """Object-level F1 of a response's ``<desc>`` on (shape, colour, digit), positions ignored:
+    does the model see *what* is there, even when it misplaces it? (Synthetic world only.)"""
+    from ivr.data.synth import extract_description, parse_description
+
+    desc = extract_description(response)
+    if desc is None:
+        return 0.0
+    truth = Counter((o["shape"], o["colour"], o.get("digit")) for o in scene)
+    parts = [] if desc.strip().rstrip(".").lower() in ("", "no shapes") else desc.split(";")
+    pred: Counter = Counter()
+    for part in parts:
+        items = parse_description(part, grid)
+        if items:
+            pred[(items[0]["shape"], items[0]["colour"], items[0]["digit"])] += 1
+    n_true = sum(truth.values())
+    if not parts and not n_true:
+        return 1.0
+    return 2 * sum((pred & truth).values()) / (len(parts) + n_true)
+
+
+def _description(text: str, scene: Sequence[dict[str, Any]], grid: int) -> dict[str, float]:
+    """How faithfully the response's ``<desc>`` block describes the true scene (the synthetic
+    world): ``exact`` and ``f1`` with positions (``synth.description_fidelity``), ``attr_f1``
+    without them."""
+    from ivr.data.synth import description_fidelity
+
+    fid = description_fidelity(text, scene, grid)
+    return {"exact": fid["exact"], "f1": fid["f1"], "attr_f1": _attribute_f1(text, scene, grid)}
+
+
 def _grade(
-    scorer: Any, items: Sequence[EvalItem], texts: Sequence[str], input_sizes: Sequence[Any]
+    scorer: Any,
+    items: Sequence[EvalItem],
+    texts: Sequence[str],
+    input_sizes: Sequence[Any],
+    grid: int = 4,
 ) -> list[dict[str, Any]]:
     from ivr.rewards import extract_boxed
 
@@ -157,10 +211,7 @@ def _grade(
             rec.update(_predicted_boxes(text, sample))
         scene = it.extra.get("scene")
         if scene is not None and not it.is_localization:  # the synthetic world knows the scene
-            from ivr.data.synth import description_fidelity
-
-            fid = description_fidelity(text, scene)
-            rec["description"] = {"exact": fid["exact"], "f1": fid["f1"]}
+            rec["description"] = _description(text, scene, grid)
         records.append(rec)
     return records
 
@@ -182,6 +233,90 @@ def _predicted_boxes(text: str, sample: Any) -> dict[str, Any]:
     }
 
 
+def predict(
+    policy: Any,
+    items: Sequence[EvalItem],
+    *,
+    scorer: Any = None,
+    prompts: PromptSet | None = None,
+    batch_size: int = 16,
+    max_new_tokens: int = 1024,
+    temperature: float = 0.0,
+    seed: int = 0,
+    grid: int = 4,
+    skipped: list[SkippedRow] | None = None,
+    timing: _Timing | None = None,
+) -> Iterator[list[dict[str, Any]]]:
+    """Generate and grade ``items``: one list of prediction records per batch, in item order.
+
+    Per batch of ``batch_size`` items: decode the images; prompt with the trainer's
+    ``question_prompt``; ``policy.generate`` (greedy at ``temperature=0``, the paper's setting; a
+    per-batch seed otherwise) with the model in eval mode; grade with ``scorer`` (default: the
+    training ``Scorer``). A record is ``id``, ``category``, ``subcategory``, ``answer``,
+    ``prediction`` (boxed content), ``correct`` (None for localization), ``reward``,
+    ``components``, ``response``, ``finished``, ``num_tokens``; localization items add
+    ``pred_boxes``/``pred_labels`` (original-image pixels), items with a true ``scene`` (the
+    synthetic world) add ``description`` (``exact``, ``f1``, ``attr_f1``; positions on a
+    ``grid``). An item whose images do not decode goes to ``skipped`` (never graded), or raises
+    :class:`ImageDecodeError` when ``skipped`` is None.
+    """
+    from ivr.rl.scoring import Scorer
+    from ivr.rl.trainer import question_prompt
+
+    scorer = scorer or Scorer()
+    prompts = prompts or PromptSet()
+    model = getattr(policy, "model", None)
+    for start in range(0, len(items), batch_size):
+        ready, chats, sizes = [], [], []
+        for it in items[start : start + batch_size]:
+            try:
+                images = it.load_images()
+            except ImageDecodeError as e:
+                if skipped is None:
+                    raise
+                skipped.append(SkippedRow(it.benchmark, it.source, str(e), it.id))
+                continue
+            size = None
+            if it.is_localization:
+                size = _input_size(policy, images[0])
+                if it.image_size is None:  # boxes are in the pixels of the image as stored
+                    it = replace(it, image_size=images[0].size)
+            ready.append(it)
+            chats.append(question_prompt(it.to_sample(), images, prompts))
+            sizes.append(size)
+        if not ready:
+            continue
+        t0 = time.perf_counter()
+        was_training = getattr(model, "training", False)
+        if model is not None:
+            model.eval()
+        try:
+            gens = policy.generate(
+                chats,
+                max_new_tokens=max_new_tokens,
+                temperature=temperature,
+                top_p=1.0,
+                num_return_sequences=1,
+                seed=_batch_seed(seed, ready),
+            )
+        finally:
+            if model is not None:
+                model.train(was_training)
+        if timing is not None:
+            timing.generate_s += time.perf_counter() - t0
+            timing.samples += len(ready)
+        texts = [g[0].text for g in gens]
+        records = _grade(scorer, ready, texts, sizes, grid)
+        for rec, g in zip(records, gens):
+            rec["finished"] = g[0].finished
+            rec["num_tokens"] = len(g[0].token_ids)
+        yield records
+
+
+# --------------------------------------------------------------------------------------------
+# one benchmark, to files (resumable)
+
+
 def evaluate_benchmark(
     policy: Any,
     bench: Benchmark,
@@ -195,11 +330,7 @@ def evaluate_benchmark(
     log: Callable[[str], None] | None = print,
 ) -> dict[str, Any]:
     """Run (or resume) one loaded benchmark into ``out_dir/<bench.name>/``; return its summary."""
-    from ivr.rl.scoring import Scorer
-    from ivr.rl.trainer import question_prompt
-
     prompts = prompts or PromptSet()
-    scorer = Scorer()
     bdir = Path(out_dir) / bench.name
     bdir.mkdir(parents=True, exist_ok=True)
     settings = {
@@ -218,41 +349,21 @@ def evaluate_benchmark(
     timing = _Timing()
     if log and done:
         log(f"{bench.name}: resuming, {len(done)} predictions already in {pred_path}")
+    batches = predict(
+        policy,
+        todo,
+        prompts=prompts,
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        seed=seed,
+        grid=synth_grid(bench.path),
+        skipped=skipped,
+        timing=timing,
+    )
     with pred_path.open("a") as f:
-        for start in range(0, len(todo), batch_size):
-            batch = todo[start : start + batch_size]
-            ready, chats, sizes = [], [], []
-            for it in batch:
-                try:
-                    images = it.load_images()
-                except ImageDecodeError as e:
-                    skipped.append(SkippedRow(bench.name, it.source, str(e), it.id))
-                    continue
-                size = None
-                if it.is_localization:
-                    size = _input_size(policy, images[0])
-                    if it.image_size is None:  # boxes are in the pixels of the image as stored
-                        it = replace(it, image_size=images[0].size)
-                ready.append(it)
-                chats.append(question_prompt(it.to_sample(), images, prompts))
-                sizes.append(size)
-            if not ready:
-                continue
-            t0 = time.perf_counter()
-            gens = policy.generate(
-                chats,
-                max_new_tokens=max_new_tokens,
-                temperature=temperature,
-                top_p=1.0,
-                num_return_sequences=1,
-                seed=_batch_seed(seed, ready),
-            )
-            timing.generate_s += time.perf_counter() - t0
-            timing.samples += len(ready)
-            texts = [g[0].text for g in gens]
-            for rec, g in zip(_grade(scorer, ready, texts, sizes), gens):
-                rec["finished"] = g[0].finished
-                rec["num_tokens"] = len(g[0].token_ids)
+        for records in batches:
+            for rec in records:
                 line = json.dumps(rec)
                 f.write(line + "\n")
                 done[rec["id"]] = json.loads(line)  # exactly what a resumed run reads back
@@ -277,6 +388,96 @@ def evaluate_benchmark(
     }
     (bdir / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+# --------------------------------------------------------------------------------------------
+# samples in memory (the SFT eval, the demo)
+
+
+def _as_item(sample: Sample) -> EvalItem:
+    """A trainer ``Sample`` as an eval item (every field carried over: ``to_sample`` gives the
+    same sample back)."""
+    columns = {f.name: getattr(sample, f.name) for f in fields(sample)}
+    return EvalItem(**columns, benchmark="", category=sample.task, source=f"sample {sample.id!r}")
+
+
+def _sample_record(sample: Sample, rec: dict[str, Any]) -> dict[str, Any]:
+    """A prediction record in the flat layout of ``evaluate_samples`` (components inlined)."""
+    out: dict[str, Any] = {
+        "id": sample.id,
+        "task": sample.task,
+        "question": sample.question,
+        "answer": sample.answer,
+        "completion": rec["response"],
+        "reward": rec["reward"],
+        "correct": rec["correct"],
+        "finished": rec["finished"],
+        **rec["components"],
+    }
+    if "description" in rec:
+        d = rec["description"]
+        out.update(desc_exact=d["exact"], desc_f1=d["f1"], desc_attr_f1=d["attr_f1"])
+    return out
+
+
+def evaluate_samples(
+    policy: Any,
+    samples: Sequence[Sample],
+    *,
+    scorer: Any = None,
+    prompts: PromptSet | None = None,
+    max_new_tokens: int = 256,
+    batch_size: int = 32,
+    grid: int = 4,
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Greedy answers to the trainer's prompt for samples in memory (no files), graded by
+    ``scorer`` (default: the training ``Scorer``), through :func:`predict`.
+
+    Returns (metrics, per-sample records). A record: ``id``, ``task``, ``question``, ``answer``,
+    ``completion``, ``reward``, ``correct``, ``finished``, the reward components inlined, and
+    ``desc_exact``/``desc_f1``/``desc_attr_f1`` for samples with a true ``scene``. Metrics (as
+    fractions): ``n``; ``accuracy`` and ``format`` over text-graded samples, ``accuracy/<task>``
+    when several tasks; ``loc_reward`` over box samples; ``desc_exact``/``desc_f1``
+    (``synth.description_fidelity``: objects with their positions) and ``desc_attr_f1``
+    (positions ignored) over non-box samples carrying the true ``scene`` (synthetic world; box
+    answers have no ``<desc>`` block); ``finished``.
+    """
+    batches = predict(
+        policy,
+        [_as_item(s) for s in samples],
+        scorer=scorer,
+        prompts=prompts,
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        grid=grid,
+    )
+    preds = [rec for records in batches for rec in records]
+    records = [_sample_record(s, rec) for s, rec in zip(samples, preds)]
+    return _sample_metrics(records), records
+
+
+def _sample_metrics(records: Sequence[dict[str, Any]]) -> dict[str, float]:
+    import numpy as np
+
+    graded = [r for r in records if r["correct"] is not None]
+    metrics: dict[str, float] = {"n": float(len(records))}
+    if graded:
+        metrics["accuracy"] = float(np.mean([r["correct"] for r in graded]))
+        metrics["format"] = float(np.mean([r.get("format", 0.0) for r in graded]))
+        tasks = sorted({r["task"] for r in graded})
+        if len(tasks) > 1:
+            for t in tasks:
+                metrics[f"accuracy/{t}"] = float(
+                    np.mean([r["correct"] for r in graded if r["task"] == t])
+                )
+    boxes = [r for r in records if r["correct"] is None and "loc_total" in r]
+    if boxes:
+        metrics["loc_reward"] = float(np.mean([r["loc_total"] for r in boxes]))
+    described = [r for r in records if "desc_exact" in r]
+    for key in ("desc_exact", "desc_f1", "desc_attr_f1") if described else ():
+        metrics[key] = float(np.mean([r[key] for r in described]))
+    metrics["finished"] = float(np.mean([r["finished"] for r in records])) if records else 0.0
+    return metrics
 
 
 # --------------------------------------------------------------------------------------------
@@ -336,8 +537,9 @@ def summarize(
         "subcategories": _breakdown(text, "subcategory"),
     }
     if desc:  # description fidelity against the true scene (synthetic world), in percent
+        keys = [k for k in ("exact", "f1", "attr_f1") if all(k in d for d in desc)]
         summary["description"] = {
-            k: round(100 * sum(d[k] for d in desc) / len(desc), 2) for k in ("exact", "f1")
+            k: round(100 * sum(d[k] for d in desc) / len(desc), 2) for k in keys
         }
     if loc:
         preds, gts, subsets = [], [], []

@@ -51,6 +51,7 @@ from transformers import (
 )
 
 from ivr.data.images import load_image
+from ivr.models.logprobs import token_logprobs
 from ivr.models.processor import IMAGE_ONLY_PROCESSORS, register_image_only_processors
 from ivr.types import Generation, Message, Prompt
 
@@ -186,9 +187,19 @@ class Policy:
     once per sample — when sampling (``_decode``: one prefill, KV cache gathered per sample) and
     when scoring (``_shared_prefix_logits``). Set it to False to fall back to HF ``generate``
     and full-sequence forwards everywhere (same numbers, more work; e.g. to compare).
+
+    ``logprob_chunk_size`` (default 1024; ``model.logprob_chunk_size``): scoring turns the logits
+    into float32 log-probabilities this many positions (rows × tokens) at a time, so the float32
+    working set is one chunk, not the micro-batch's [b, T, V] (``ivr.models.logprobs``). 0 = the
+    plain whole-tensor formula (same numbers).
     """
 
     shared_prefix: bool = True
+    logprob_chunk_size: int = 1024  # positions per float32 chunk when scoring; 0 = whole tensor
+    # Scoring rows that share an image encode it once and pass the features to the model
+    # (``mm_encoder_outputs``). Off under FSDP, where the vision tower may only run inside the
+    # sharded root's forward (rl/sharding.py): each row then re-encodes its image.
+    share_image_features: bool = True
 
     def __init__(self, model: torch.nn.Module, processor: Any):
         if not hasattr(processor, "tokenizer") or not hasattr(processor, "image_processor"):
@@ -229,6 +240,8 @@ class Policy:
         min_pixels: int | None = None,
         max_pixels: int | None = None,
         trust_remote_code: bool = False,
+        load_in_4bit: bool = False,
+        quantization_config: Any = None,
     ) -> Policy:
         """Load model + processor from a local directory (or a Hub id on a machine that can reach
         the Hub). ``min_pixels``/``max_pixels`` override the image processor's resize limits.
@@ -236,6 +249,13 @@ class Policy:
         Errors name the culprit: a missing directory, a directory that is not a model (no
         config.json) or an unreachable Hub id → ``FileNotFoundError``; no usable processor →
         ``ValueError``. The model is loaded with ``AutoModelForImageTextToText``.
+
+        Quantized loading (QLoRA): ``quantization_config`` is passed to ``from_pretrained`` as is;
+        ``load_in_4bit=True`` builds bitsandbytes nf4 (double quantization, compute in ``dtype``).
+        Either way the model is placed with ``device_map`` and prepared with peft's
+        ``prepare_model_for_kbit_training`` (base weights frozen, norms in float32): add LoRA
+        adapters before training. Needs ``pip install 'ivr[qlora]'`` (bitsandbytes; runs on
+        CUDA, and on CPU with bitsandbytes ≥ 0.50).
         """
         source = _resolve_model_path(path, trust_remote_code)
         if isinstance(dtype, str) and dtype != "auto":
@@ -247,11 +267,21 @@ class Policy:
         kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": trust_remote_code}
         if attn_implementation is not None:
             kwargs["attn_implementation"] = attn_implementation
+        if load_in_4bit and quantization_config is None:
+            quantization_config = _nf4_config(dtype)
+        if quantization_config is not None:
+            kwargs.update(quantization_config=quantization_config, device_map={"": str(device)})
         if processor is None:  # before the weights: a missing processor should fail fast
             processor = _load_processor(source, trust_remote_code)
         if min_pixels is not None or max_pixels is not None:
             _set_pixel_limits(processor, min_pixels, max_pixels)
-        model = AutoModelForImageTextToText.from_pretrained(source, **kwargs).to(device)
+        model = AutoModelForImageTextToText.from_pretrained(source, **kwargs)
+        if quantization_config is None:
+            model = model.to(device)
+        else:
+            from peft import prepare_model_for_kbit_training
+
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
         return cls(model, processor)
 
     # ---------------------------------------------------------------- properties
@@ -533,24 +563,24 @@ class Policy:
         else:
             inputs = self._row_inputs(batch, unique, prompts, inv_list, comp, comp_mask)
             # logits for positions P-1 … P+T-2 predict the T completion tokens; logits_to_keep=T+1
-            # keeps the last T+1 positions, the last of which predicts nothing we score.
-            out = self.model(**inputs, use_cache=False, logits_to_keep=T + 1)
-            logits = out.logits[:, :-1, :]
-        logits = logits.float().index_fill(-1, self._suppressed_t.to(dev), float("-inf"))
-        if temperature > 0 and temperature != 1.0:
-            logits = logits / temperature
-        lse = logits.logsumexp(-1)  # log π_T(t) = logit_t/T − logsumexp(logits/T)
+            # keeps the last T+1 positions, the last of which predicts nothing we score (left in
+            # place: ``token_logprobs`` ignores trailing positions, and slicing would copy them).
+            logits = self.model(**inputs, use_cache=False, logits_to_keep=T + 1).logits
+        # log π_T(t) = logit_t/T − logsumexp(logits/T), H = logsumexp − Σ p·logit/T, in float32
+        # one chunk of positions at a time (``ivr.models.logprobs``)
+        logprobs, entropy = token_logprobs(
+            logits,
+            comp,
+            suppressed=self._suppressed_t,
+            temperature=temperature,
+            chunk_size=self.logprob_chunk_size,
+            entropy=return_entropy,
+            entropy_grad=entropy_grad,
+        )
         valid = comp_mask.bool()
-        logprobs = logits.gather(-1, comp.unsqueeze(-1)).squeeze(-1) - lse
         logprobs = logprobs.masked_fill(~valid, 0.0)
-        entropy = None
-        if return_entropy:  # H = logsumexp − Σ p·logit (suppressed tokens: p = 0, skip their −inf)
-            ctx = contextlib.nullcontext() if entropy_grad else torch.no_grad()
-            with ctx:
-                lg, ls = (logits, lse) if entropy_grad else (logits.detach(), lse.detach())
-                p = torch.softmax(lg, dim=-1)
-                finite = lg.masked_fill(torch.isinf(lg), 0.0)
-                entropy = (ls - (p * finite).sum(-1)).masked_fill(~valid, 0.0)
+        if entropy is not None:
+            entropy = entropy.masked_fill(~valid, 0.0)
         return logprobs, entropy
 
     # ---------------------------------------------------------------- score: shared work
@@ -621,7 +651,10 @@ class Policy:
         }
         if n_u < b and (
             not set(batch) <= known
-            or ("pixel_values" in batch and not self._takes_encoder_outputs())
+            or (
+                "pixel_values" in batch
+                and not (self.share_image_features and self._takes_encoder_outputs())
+            )
         ):
             batch, inv_list, n_u = self.encode(prompts), list(range(b)), b
             P = batch["input_ids"].shape[1]
@@ -744,6 +777,22 @@ def _set_pixel_limits(processor: Any, min_pixels: int | None, max_pixels: int | 
     if max_pixels is not None:
         size["longest_edge"] = max_pixels
     ip.size = SizeDict(**size)
+
+
+def _nf4_config(dtype: str | torch.dtype) -> Any:
+    """bitsandbytes 4-bit NormalFloat (QLoRA, Dettmers et al. 2023), compute in ``dtype``."""
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ImportError("load_in_4bit needs bitsandbytes: pip install 'ivr[qlora]'")
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=dtype if isinstance(dtype, torch.dtype) else torch.float32,
+    )
 
 
 @contextlib.contextmanager

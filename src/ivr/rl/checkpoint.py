@@ -13,6 +13,7 @@ import json
 import os
 import random
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,20 +56,26 @@ def save_checkpoint(
     scheduler: Any,
     state: dict[str, Any],
     keep: int = 2,
+    model_state: dict[str, Any] | None = None,
+    optimizer_state: dict[str, Any] | None = None,
 ) -> Path:
-    """Write ``root/step_{step:06d}`` atomically and point ``root/latest`` at it."""
+    """Write ``root/step_{step:06d}`` atomically and point ``root/latest`` at it.
+
+    ``model_state`` / ``optimizer_state``: gathered full states of a sharded model (see
+    ``rl/sharding.py``); by default the module's and optimizer's own.
+    """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:06d}"
     tmp = root / f".tmp_step_{step:06d}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    model.save_pretrained(tmp)
+    model.save_pretrained(tmp, state_dict=model_state)
     if processor is not None:
         processor.save_pretrained(tmp)
     torch.save(
         {
-            "optimizer": optimizer.state_dict(),
+            "optimizer": optimizer.state_dict() if optimizer_state is None else optimizer_state,
             "scheduler": scheduler.state_dict(),
             "rng": rng_state(),
         },
@@ -103,11 +110,15 @@ def load_training_state(path: str | Path) -> tuple[dict[str, Any], dict[str, Any
 
 
 def restore_training_state(
-    path: str | Path, optimizer: torch.optim.Optimizer, scheduler: Any
+    path: str | Path,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    load_optimizer: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """Load optimizer, scheduler and RNG states of checkpoint ``path``; return its trainer state."""
+    """Load optimizer, scheduler and RNG states of checkpoint ``path``; return its trainer state.
+    ``load_optimizer`` replaces ``optimizer.load_state_dict`` (sharded optimizers)."""
     meta, blobs = load_training_state(path)
-    optimizer.load_state_dict(blobs["optimizer"])
+    (load_optimizer or optimizer.load_state_dict)(blobs["optimizer"])
     scheduler.load_state_dict(blobs["scheduler"])
     set_rng_state(blobs["rng"])
     return meta
@@ -126,13 +137,26 @@ def make_scheduler(
 
 
 def save_final_model(
-    model: torch.nn.Module, processor: Any, path: str | Path, *, merge_lora: bool
+    model: torch.nn.Module,
+    processor: Any,
+    path: str | Path,
+    *,
+    merge_lora: bool,
+    model_state: dict[str, Any] | None = None,
 ) -> Path:
-    """A plain HF model directory (LoRA merged into a copy) for ``ivr eval`` and further training."""
+    """A plain HF model directory (LoRA merged into a copy) for ``ivr eval`` and further training.
+
+    ``model_state``: the gathered full state of a sharded model (``model`` is then only used for
+    its config; under LoRA pass the unsharded PEFT model to merge it into).
+    """
     if merge_lora:
         import copy
 
-        model = copy.deepcopy(model).merge_and_unload()
-    model.save_pretrained(path)
+        model = copy.deepcopy(model)
+        if model_state is not None:
+            model.load_state_dict(model_state)
+            model_state = None
+        model = model.merge_and_unload()
+    model.save_pretrained(path, state_dict=model_state)
     processor.save_pretrained(path)
     return Path(path)

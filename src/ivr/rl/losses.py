@@ -156,7 +156,7 @@ def policy_loss(
     aggregation: Aggregation = "token",
     max_len: int | None = None,
     entropy: Tensor | None = None,
-) -> tuple[Tensor, dict[str, float]]:
+) -> tuple[Tensor, dict[str, Tensor]]:
     """GRPO loss over a batch mixing sampled and rectified responses (see the module docstring).
 
     Args:
@@ -174,7 +174,9 @@ def policy_loss(
         entropy: [B, T] per-token policy entropy, only reported.
 
     Returns:
-        (loss, metrics): a scalar tensor with gradient, and python floats ``loss``,
+        (loss, metrics): a scalar tensor with gradient, and detached 0-d tensors on its device
+        (no host sync here: the caller moves them all at once, e.g. ``torch.stack(...).tolist()``
+        once per step) ``loss``,
         ``clip_frac`` (on-policy tokens whose clipped branch is active), ``ratio_mean``
         (on-policy), ``kl`` (mean k3; 0 without ``ref_logprobs``), ``off_policy_token_share``,
         ``off_policy_prob_mean`` (mean p on off-policy tokens) and ``entropy`` when given.
@@ -217,10 +219,10 @@ def policy_loss(
     with torch.no_grad():
         on_mask, off_mask = mask * ~off_tok, mask * off_tok
         metrics = {
-            "loss": loss.item(),
+            "loss": loss.detach(),
             "clip_frac": _mean(clipped.to(dtype), on_mask),
             "ratio_mean": _mean(ratio, on_mask),
-            "kl": 0.0 if kl is None else _mean(kl, mask),
+            "kl": loss.new_zeros(()) if kl is None else _mean(kl, mask),
             "off_policy_token_share": _mean(off_tok.to(dtype), mask),
             "off_policy_prob_mean": _mean(logp.detach().exp(), off_mask),
         }
@@ -229,9 +231,9 @@ def policy_loss(
     return loss, metrics
 
 
-def _mean(x: Tensor, mask: Tensor) -> float:
-    """Masked mean as a python float; 0.0 when the mask is empty."""
-    return (torch.where(mask > 0, x * mask, 0.0).sum() / mask.sum().clamp(min=1.0)).item()
+def _mean(x: Tensor, mask: Tensor) -> Tensor:
+    """Masked mean as a detached 0-d tensor; 0 when the mask is empty."""
+    return (torch.where(mask > 0, x * mask, 0.0).sum() / mask.sum().clamp(min=1.0)).detach()
 
 
 def _check_inputs(

@@ -16,7 +16,8 @@ One step, top to bottom (each phase timed and logged as ``time/<phase>``):
 What is really implemented, and why:
 - ``old_logprobs`` are the sampling log-probabilities returned by ``generate`` (π_θold is the
   policy that sampled). They are exact up to float error (tested to 1e-4), so no extra forward is
-  spent on them; μ > 1 reuses them too, which is what PPO prescribes.
+  spent on them; μ > 1 reuses them too, which is what PPO prescribes. With the vLLM rollout
+  backend (other kernels) they are recomputed by a no-grad training forward (rollout/backends.py).
 - The training forward divides logits by the sampling temperature, so ρ = 1 at the first pass.
 - Token aggregation is over the whole minibatch (all ranks): each micro-batch loss is re-weighted
   by its share of the minibatch's tokens (or sequences) and gradients are summed across ranks.
@@ -47,9 +48,11 @@ from ..data.images import load_image
 from ..data.prompts import PromptSet, question_text, user_prompt
 from ..models.policy import Policy
 from ..rewards import LocalizationConfig
+from ..rollout import make_backend, recompute_enabled, recompute_logprobs
 from ..tracking import Tracker
 from ..types import Generation, Group, Prompt, Rollout, Sample
 from . import checkpoint as ckpt
+from . import sharding
 from .advantages import group_advantages
 from .losses import policy_loss
 from .scoring import RewardFn, Scorer
@@ -103,7 +106,16 @@ class Trainer:
         self.model = self.policy.model
         self.samples = list(samples) if samples is not None else self._load_samples()
         self.ref = self._load_reference() if cfg.algo.beta > 0 else None
+        # FSDP2: every rank keeps 1/world of the weights, gradients and optimizer states
+        # (rl/sharding.py); the optimizer is built on the shards below.
+        self.sharded = sharding.sharding_mode(cfg.train.sharding) == "fsdp" and self.world > 1
+        if self.sharded:
+            sharding.shard(self.model, self.policy.device, self.world)
+            if self.ref is not None:
+                sharding.shard(self.ref.model, self.policy.device, self.world)
 
+        # The sampler: HF generate on self.model, or a vLLM engine synced after each update.
+        self.rollout = make_backend(cfg, self.policy)
         self.scorer = Scorer(
             format_weight=cfg.reward.format_weight,
             localization=LocalizationConfig(switch_at=cfg.reward.loc_switch_at),
@@ -127,7 +139,14 @@ class Trainer:
 
         self.start_step = 0
         if resume_from is not None:
-            meta = ckpt.restore_training_state(resume_from, self.optimizer, self.scheduler)
+            meta = ckpt.restore_training_state(
+                resume_from,
+                self.optimizer,
+                self.scheduler,
+                load_optimizer=lambda sd: sharding.load_optimizer_state(
+                    self.model, self.optimizer, sd
+                ),
+            )
             self.start_step = int(meta["step"])
         self.tracker = Tracker.for_run(
             self.out,
@@ -156,6 +175,7 @@ class Trainer:
             attn_implementation=m.attn_implementation,
             min_pixels=m.min_pixels,
             max_pixels=m.max_pixels,
+            load_in_4bit=m.load_in_4bit,
         )
         lora = m.lora_rank > 0
         policy = Policy.from_pretrained(
@@ -167,23 +187,28 @@ class Trainer:
                 if "visual" in name:
                     p.requires_grad_(False)
         if lora:
-            from peft import LoraConfig, PeftModel, get_peft_model
+            from peft import PeftModel, get_peft_model
 
             if resume_from is not None:
                 model = PeftModel.from_pretrained(model, resume_from, is_trainable=True)
             else:
-                exclude = r".*visual.*" if m.freeze_vision else None
-                lcfg = LoraConfig(
-                    r=m.lora_rank,
-                    lora_alpha=m.lora_alpha,
-                    target_modules="all-linear",
-                    exclude_modules=exclude,
-                )
-                model = get_peft_model(model, lcfg)
+                model = get_peft_model(model, self._lora_config())
             policy = Policy(model, policy.processor)
         if m.gradient_checkpointing:
             model.gradient_checkpointing_enable()
+        policy.logprob_chunk_size = m.logprob_chunk_size
         return policy
+
+    def _lora_config(self) -> Any:
+        from peft import LoraConfig
+
+        m = self.cfg.model
+        return LoraConfig(
+            r=m.lora_rank,
+            lora_alpha=m.lora_alpha,
+            target_modules="all-linear",
+            exclude_modules=r".*visual.*" if m.freeze_vision else None,
+        )
 
     def _load_reference(self) -> Policy | None:
         """The frozen π_ref of the KL term: under LoRA the same weights with the adapter off."""
@@ -238,6 +263,7 @@ class Trainer:
                 self.save(done)
             raise
         finally:
+            self.rollout.close()
             self.tracker.close()
         return last
 
@@ -254,31 +280,40 @@ class Trainer:
             samples = self.batch_samples(step)
             images = [tuple(load_image(p) for p in s.images) for s in samples]
             prompts = [question_prompt(s, im, self.prompts) for s, im in zip(samples, images)]
-        with timer("rollout"):
+        with timer("rollout"), self._gathered():
             self.model.eval()
-            gens = self.policy.generate(
+            gens = self.rollout.generate(
                 prompts,
                 max_new_tokens=cfg.rollout.max_new_tokens,
                 temperature=cfg.rollout.temperature,
                 top_p=cfg.rollout.top_p,
                 num_return_sequences=cfg.rollout.group_size,
             )
+        if recompute_enabled(cfg.rollout):  # π_old from the training forward (rollout/backends.py)
+            with timer("old_logprobs"), self._gathered():
+                gens = recompute_logprobs(
+                    self.policy,
+                    prompts,
+                    gens,
+                    temperature=cfg.rollout.temperature,
+                    micro_batch_size=cfg.algo.micro_batch_size,
+                )
         with timer("reward"):
             groups = self.score_groups(samples, gens, progress)
         metrics: dict[str, float] = {}
         if cfg.reward.self_reward_weight > 0:
             from .self_reward import add_self_reward
 
-            with timer("self_reward"):
+            with timer("self_reward"), self._gathered():
                 groups, sr = add_self_reward(self.policy, groups, self.scorer, cfg, self.prompts)
             metrics.update(sr)
         metrics.update(_reward_metrics(groups, prefix="reward"))
         if cfg.ivr.enabled:
             from .rectify import rectify_groups
 
-            with timer("rectify"):
+            with timer("rectify"), self._gathered():
                 groups, stats = rectify_groups(
-                    self.policy.generate,
+                    self.rollout.generate,
                     groups,
                     images,
                     self.scorer,
@@ -297,6 +332,8 @@ class Trainer:
             metrics["reward/nan_groups"] = float(dropped)
         with timer("update"):
             metrics.update(self.update(groups, prompts, advantages))
+        with timer("weight_sync"):  # the sampler sees the new weights (no-op for HF generate)
+            self.rollout.sync_weights(self.model)
         metrics.update(timer)
         metrics["time/step"] = time.perf_counter() - t0
         metrics["lr"] = self.scheduler.get_last_lr()[0]
@@ -376,10 +413,11 @@ class Trainer:
         if n_minibatches == 0:
             return {"loss/skipped": 1.0}
         temp = cfg.rollout.temperature or 1.0
-        ref_lp = self._ref_logprobs(rows, temp) if a.beta > 0 and rows else None
-        sums: dict[str, float] = {}
+        ref_lp = self._ref_logprobs(rows, temp) if a.beta > 0 and (rows or self.sharded) else None
+        sums: dict[str, Tensor] = {}  # policy_loss metrics stay on the device until the end
         count, grad_norms = 0, []
         self.model.train()
+        self._lockstep_forwards(True)
         for _ in range(a.ppo_epochs):
             order = torch.randperm(n).tolist() if a.ppo_epochs > 1 or mb < n else list(range(n))
             for start in range(0, n_minibatches * mb, mb):
@@ -392,8 +430,14 @@ class Trainer:
                     sum(len(rows[i][1].token_ids) for i in idx), len(idx)
                 )
                 self.optimizer.zero_grad(set_to_none=True)
-                for ms in range(0, len(idx), a.micro_batch_size):
+                n_micro = math.ceil(len(idx) / a.micro_batch_size)
+                if self.sharded:  # every rank runs as many forwards/backwards (rl/sharding.py)
+                    n_micro = int(self._global_max(n_micro))
+                for ms in range(0, n_micro * a.micro_batch_size, a.micro_batch_size):
                     micro = idx[ms : ms + a.micro_batch_size]
+                    if not micro:
+                        self._dummy_micro_step(prompts)
+                        continue
                     m = self._micro_step(
                         rows, micro, advantages, ref_lp, temp, total_tokens, total_seqs
                     )
@@ -403,10 +447,14 @@ class Trainer:
                 self._allreduce_grads()
                 params = [p for p in self.model.parameters() if p.requires_grad]
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, a.max_grad_norm)
+                if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP
+                    grad_norm = grad_norm.full_tensor()
                 grad_norms.append(float(grad_norm))
                 self.optimizer.step()
                 self.scheduler.step()
-        out = {f"loss/{k}": v / max(count, 1) for k, v in sums.items()}
+        self._lockstep_forwards(False)
+        means = torch.stack(list(sums.values())).tolist() if sums else []  # the one host sync
+        out = {f"loss/{k}": v / max(count, 1) for k, v in zip(sums, means)}
         out["loss/grad_norm"] = float(np.mean(grad_norms))
         if rows:  # a rank without rows leaves these to the others (``_reduce`` averages the rest)
             out["loss/off_policy_sequences"] = float(sum(r.off_policy for _, r in rows))
@@ -415,7 +463,7 @@ class Trainer:
 
     def _micro_step(
         self, rows, micro, advantages, ref_lp, temp, total_tokens, total_seqs
-    ) -> dict[str, float]:
+    ) -> dict[str, Tensor]:
         a = self.cfg.algo
         prompts = [rows[i][0] for i in micro]
         comps = [rows[i][1].token_ids for i in micro]
@@ -454,8 +502,39 @@ class Trainer:
         (loss * weight).backward()
         return m
 
+    def _dummy_micro_step(self, prompts: list[Prompt]) -> None:
+        """A zero-gradient forward/backward for a sharded rank with fewer micro-batches than the
+        others: FSDP's per-layer all-gathers and reduce-scatters must line up on every rank."""
+        out = self.policy.completion_logprobs(
+            prompts[:1], [self.policy.eos_token_ids[:1]], with_grad=True
+        )
+        (out.logprobs.sum() * 0.0).backward()
+
+    def _lockstep_forwards(self, on: bool) -> None:
+        """Under FSDP, the same forwards on every rank: one full forward per micro-batch
+        (no shared-prefix second pass, vision inside the root forward; rl/sharding.py)."""
+        if self.sharded:
+            self.policy.shared_prefix = self.policy.share_image_features = not on
+
+    @contextmanager
+    def _gathered(self):
+        """Sampling and other data-dependent passes on full weights (a no-op unsharded)."""
+        if not self.sharded:
+            yield
+            return
+        with sharding.gathered(self.model):
+            yield
+
     def _ref_logprobs(self, rows, temp: float) -> list[Tensor] | None:
-        """log π_ref per row, padded to the longest completion (no grad, computed once per step)."""
+        """log π_ref per row, padded to the longest completion (no grad, computed once per step).
+        Sharded: every rank enters (the reference's weights are gathered), rows or not."""
+        if self.sharded:
+            ref_model = self.ref.model if self.ref is not None else self.model
+            with sharding.gathered(ref_model):
+                return self._ref_logprobs_local(rows, temp) if rows else None
+        return self._ref_logprobs_local(rows, temp)
+
+    def _ref_logprobs_local(self, rows, temp: float) -> list[Tensor] | None:
         T = max(len(r.token_ids) for _, r in rows)
         prompts, comps = [p for p, _ in rows], [r.token_ids for _, r in rows]
         with torch.no_grad():
@@ -506,7 +585,7 @@ class Trainer:
         as zero there; one without a gradient on every rank keeps ``grad = None`` (the optimiser
         then skips it, exactly as in a single process).
         """
-        if self.world == 1:
+        if self.world == 1 or self.sharded:  # FSDP reduce-scatters in the backward itself
             return
         params = [p for p in self.model.parameters() if p.requires_grad]
         has = torch.tensor(
@@ -554,6 +633,9 @@ class Trainer:
 
     # ------------------------------------------------------------------ saving
     def save(self, step: int) -> None:
+        # Sharded: every rank takes part in gathering the full states; rank 0 writes them.
+        model_state = sharding.full_state_dict(self.model) if self.sharded else None
+        optim_state = sharding.optimizer_state(self.model, self.optimizer) if self.sharded else None
         if self.state.is_main_process:
             ckpt.save_checkpoint(
                 self.ckpt_dir,
@@ -563,6 +645,8 @@ class Trainer:
                 optimizer=self.optimizer,
                 scheduler=self.scheduler,
                 state={"total_steps": self.total_steps, "config": self.cfg.to_dict()},
+                model_state=model_state,
+                optimizer_state=optim_state,
             )
         if self.world > 1:
             self.state.wait_for_everyone()
@@ -570,10 +654,20 @@ class Trainer:
     def save_final(self) -> Path:
         """A plain HF model directory (LoRA merged) for ``ivr eval`` and further training."""
         final = self.out / "final"
+        lora = self.cfg.model.lora_rank > 0
+        model_state = sharding.full_state_dict(self.model) if self.sharded else None
         if self.state.is_main_process:
+            model = self.model
+            if self.sharded and lora:  # merge into an unsharded copy of the same PEFT model
+                from peft import get_peft_model
+
+                base = Policy.from_pretrained(self.cfg.model.path, dtype=self.cfg.model.dtype)
+                model = get_peft_model(base.model, self._lora_config())
             ckpt.save_final_model(
-                self.model, self.policy.processor, final, merge_lora=self.cfg.model.lora_rank > 0
+                model, self.policy.processor, final, merge_lora=lora, model_state=model_state
             )
+        if self.world > 1:
+            self.state.wait_for_everyone()
         return final
 
 
