@@ -27,8 +27,11 @@ def _load(args: argparse.Namespace):
 def cmd_train(args: argparse.Namespace) -> int:
     from .rl.trainer import train
 
+    import os
+
     metrics = train(_load(args))
-    print({k: round(v, 4) for k, v in metrics.items() if k.startswith(("reward/", "ivr/"))})
+    if os.environ.get("RANK", "0") == "0":  # metrics are already reduced over ranks: print once
+        print({k: round(v, 4) for k, v in metrics.items() if k.startswith(("reward/", "ivr/"))})
     return 0
 
 

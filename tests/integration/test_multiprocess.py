@@ -194,11 +194,33 @@ def test_fsdp_shards_and_matches_data_parallel(tmp_path, tiny_qwen25_dir) -> Non
         for key in ("reward/mean", "loss/loss", "loss/kl", "loss/grad_norm"):
             x, y = ddp[0]["reduced"][step][key], fsdp[0]["reduced"][step][key]
             assert x == pytest.approx(y, rel=1e-3, abs=1e-5), (step, key)
+    # resumed from the last checkpoint: same weights, same AdamW moments, on the shards
+    assert fsdp[0]["resumed_step"] == STEPS and fsdp[0]["optimizer_restored"] is True
+    assert fsdp[0]["resumed_hash"] == fsdp[0]["hash_after"]
     # the sharded checkpoint is a complete HF model
     step_dirs = sorted((tmp_path / "fsdp" / "run" / "checkpoints").glob("step_*"))
     assert step_dirs and (step_dirs[-1] / "model.safetensors").is_file()
     state = torch.load(step_dirs[-1] / "training_state.pt", weights_only=False)
     assert state["optimizer"]["state"], "optimizer state missing from the sharded checkpoint"
+
+
+def test_fsdp_with_lora_merges_and_resumes(tmp_path, tiny_qwen25_dir) -> None:
+    """LoRA under FSDP: adapters sharded with the base, the KL reference is the adapter switched
+    off on gathered weights, resume restores the shards, and ``final/`` is the merged model in
+    the base model's own layout."""
+    pytest.importorskip("peft")
+    from safetensors.torch import load_file
+
+    rows = _write_images(tmp_path / "images")
+    r0, _ = _launch(tmp_path / "run", tiny_qwen25_dir, rows, mode="fsdp+lora+kl")
+    assert r0["local_numel"] < 0.55 * r0["full_numel"]
+    assert r0["resumed_step"] == STEPS and r0["optimizer_restored"] is True
+    assert r0["resumed_hash"] == r0["hash_after"]
+    assert math.isfinite(r0["reduced"][-1]["loss/kl"]) and r0["reduced"][-1]["loss/kl"] > 0
+    final = load_file(str(tmp_path / "run" / "run" / "final" / "model.safetensors"))
+    start = load_file(str(tiny_qwen25_dir / "model.safetensors"))
+    assert final.keys() == start.keys()  # merged: no lora_A/lora_B, no peft prefixes
+    assert max((final[k] - start[k]).abs().max().item() for k in start) > 1e-3
 
 
 def _worker(model_dir: str, out_dir: str, mode: str = "ddp") -> None:
@@ -246,7 +268,8 @@ def _worker(model_dir: str, out_dir: str, mode: str = "ddp") -> None:
             else ["train.sharding=none"]
         )
         + (IVR_OVERRIDES if "+ivr" in mode else [])
-        + (["algo.beta=0.04"] if "+kl" in mode else []),
+        + (["algo.beta=0.04"] if "+kl" in mode else [])
+        + (["model.lora_rank=4", "model.lora_alpha=8"] if "+lora" in mode else []),
     )
     calls = {"n": 0}
 
@@ -284,6 +307,26 @@ def _worker(model_dir: str, out_dir: str, mode: str = "ddp") -> None:
     state = sharding.full_state_dict(trainer.model)
     report["hash_after"] = _weights_hash_of(state)
     report["full_state_keys"] = len(state)
+    if trainer.sharded:  # resume: weights and optimizer state come back onto the shards
+        import dataclasses
+
+        import torch
+
+        resumed = Trainer(
+            dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, resume=True)),
+            samples=samples,
+        )
+        report["resumed_step"] = resumed.start_step
+        report["resumed_hash"] = _weights_hash_of(sharding.full_state_dict(resumed.model))
+        optim = sharding.optimizer_state(resumed.model, resumed.optimizer)
+        if trainer.rank == 0:
+            last = sorted((out / "run" / "checkpoints").glob("step_*"))[-1]
+            saved = torch.load(last / "training_state.pt", weights_only=False)["optimizer"]
+            report["optimizer_restored"] = all(
+                torch.equal(v, optim["state"][name][k])
+                for name, st in saved["state"].items()
+                for k, v in st.items()
+            ) and len(saved["state"]) == len(optim["state"])
     (out / f"rank{trainer.rank}.json").write_text(json.dumps(report))
 
 

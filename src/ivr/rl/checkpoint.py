@@ -153,8 +153,12 @@ def save_final_model(
         import copy
 
         model = copy.deepcopy(model)
-        if model_state is not None:
-            model.load_state_dict(model_state)
+        if model_state is not None:  # tied weights come once, under their first name
+            result = model.load_state_dict(model_state, strict=False)
+            names = {n for n, _ in model.named_parameters(remove_duplicate=False)}
+            tied = names - {n for n, _ in model.named_parameters()}
+            if set(result.missing_keys) - tied or result.unexpected_keys:
+                raise ValueError(f"final model: state dict does not match the model: {result}")
             model_state = None
         model = model.merge_and_unload()
     model.save_pretrained(path, state_dict=model_state)

@@ -109,6 +109,9 @@ class Trainer:
         # FSDP2: every rank keeps 1/world of the weights, gradients and optimizer states
         # (rl/sharding.py); the optimizer is built on the shards below.
         self.sharded = sharding.sharding_mode(cfg.train.sharding) == "fsdp" and self.world > 1
+        if self.world > 1:  # one starting point (e.g. LoRA's random init) whatever each rank drew
+            for t in [*self.model.parameters(), *self.model.buffers()]:
+                torch.distributed.broadcast(t.data, src=0)
         if self.sharded:
             sharding.shard(self.model, self.policy.device, self.world)
             if self.ref is not None:
