@@ -25,9 +25,9 @@ def _load(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .rl.trainer import train
-
     import os
+
+    from .rl.trainer import train
 
     metrics = train(_load(args))
     if os.environ.get("RANK", "0") == "0":  # metrics are already reduced over ranks: print once
