@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 
 STEPS = int(os.environ.get("IVR_MP_STEPS", "3"))
-TIMEOUT_S = 180
+TIMEOUT_S = int(os.environ.get("IVR_MP_TIMEOUT", "180"))
 NAN_RANK, NAN_STEP = 1, 2  # this rank's rewards are all NaN at this step
 # IVR-R1 on: critique → rectify rounds, generated on each rank alone (under FSDP, on gathered
 # weights). Short critiques keep the FSDP and data-parallel runs sampling the same tokens: Adam's
@@ -197,6 +197,7 @@ def test_fsdp_shards_and_matches_data_parallel(tmp_path, tiny_qwen25_dir) -> Non
     # resumed from the last checkpoint: same weights, same AdamW moments, on the shards
     assert fsdp[0]["resumed_step"] == STEPS and fsdp[0]["optimizer_restored"] is True
     assert fsdp[0]["resumed_hash"] == fsdp[0]["hash_after"]
+    assert fsdp[0]["unsharded_optimizer_restored"] is True  # data-parallel checkpoint → shards
     # the sharded checkpoint is a complete HF model
     step_dirs = sorted((tmp_path / "fsdp" / "run" / "checkpoints").glob("step_*"))
     assert step_dirs and (step_dirs[-1] / "model.safetensors").is_file()
@@ -212,7 +213,7 @@ def test_fsdp_with_lora_merges_and_resumes(tmp_path, tiny_qwen25_dir) -> None:
     from safetensors.torch import load_file
 
     rows = _write_images(tmp_path / "images")
-    r0, _ = _launch(tmp_path / "run", tiny_qwen25_dir, rows, mode="fsdp+lora+kl")
+    r0, _ = _launch(tmp_path / "run", tiny_qwen25_dir, rows, mode="fsdp+lora+kl+ivr")
     assert r0["local_numel"] < 0.55 * r0["full_numel"]
     assert r0["resumed_step"] == STEPS and r0["optimizer_restored"] is True
     assert r0["resumed_hash"] == r0["hash_after"]
@@ -223,6 +224,17 @@ def test_fsdp_with_lora_merges_and_resumes(tmp_path, tiny_qwen25_dir) -> None:
     assert max((final[k] - start[k]).abs().max().item() for k in start) > 1e-3
 
 
+def test_fsdp_with_text_only_prompts(tmp_path, tiny_qwen25_dir) -> None:
+    """Half the samples text-only: a rank may leave the vision tower without gradients while
+    the other has them (reduce-scatter must still match), and text-only prompts sample through
+    HF generate, which must not sync ranks per token on gathered weights — both used to hang."""
+    rows = _write_images(tmp_path / "images")
+    r0, r1 = _launch(tmp_path / "run", tiny_qwen25_dir, rows, mode="fsdp+ivr+mixed")
+    assert r0["local_numel"] < 0.55 * r0["full_numel"]
+    assert r0["hash_after"] != r0["hash_before"]
+    assert len(r0["reduced"]) == STEPS
+
+
 def _worker(model_dir: str, out_dir: str, mode: str = "ddp") -> None:
     import torch
 
@@ -231,6 +243,10 @@ def _worker(model_dir: str, out_dir: str, mode: str = "ddp") -> None:
     from ivr.types import Sample
 
     torch.set_num_threads(1)
+    if os.environ.get("IVR_MP_DUMP"):  # debugging a hang: every rank's stack after N seconds
+        import faulthandler
+
+        faulthandler.dump_traceback_later(int(os.environ["IVR_MP_DUMP"]), exit=True)
     out = Path(out_dir)
     rows = json.loads((out / "rows.json").read_text())
     samples = [
@@ -238,7 +254,9 @@ def _worker(model_dir: str, out_dir: str, mode: str = "ddp") -> None:
             id=r["id"],
             question="What colour is it?",
             answer=r["colour"],
-            images=(r["path"],),
+            # "+mixed": every other sample text-only, so under FSDP one rank's micro-batch
+            # may leave the vision tower without gradients while the other's has them.
+            images=() if "+mixed" in mode and int(r["id"]) % 2 else (r["path"],),
             answer_type="text",
         )
         for r in rows
@@ -327,6 +345,27 @@ def _worker(model_dir: str, out_dir: str, mode: str = "ddp") -> None:
                 for name, st in saved["state"].items()
                 for k, v in st.items()
             ) and len(saved["state"]) == len(optim["state"])
+        unsharded_run = out.parent / "ddp" / "run"
+        if unsharded_run.is_dir():  # a data-parallel checkpoint resumed onto FSDP shards
+            other = Trainer(
+                dataclasses.replace(
+                    cfg,
+                    train=dataclasses.replace(
+                        cfg.train, resume=True, output_dir=str(unsharded_run)
+                    ),
+                ),
+                samples=samples,
+            )
+            optim = sharding.optimizer_state(other.model, other.optimizer)
+            if trainer.rank == 0:
+                last = sorted((unsharded_run / "checkpoints").glob("step_*"))[-1]
+                saved = torch.load(last / "training_state.pt", weights_only=False)["optimizer"]
+                names = [n for n, p in other.model.named_parameters() if p.requires_grad]
+                report["unsharded_optimizer_restored"] = all(
+                    torch.equal(v, optim["state"][names[i]][k])
+                    for i, st in saved["state"].items()
+                    for k, v in st.items()
+                )
     (out / f"rank{trainer.rank}.json").write_text(json.dumps(report))
 
 

@@ -391,6 +391,9 @@ class Policy:
                     **batch,
                     generation_config=config,
                     logits_processor=LogitsProcessorList([recorder]),
+                    # transformers syncs ranks per token for FSDP-managed models; ivr samples on
+                    # gathered weights, each rank alone (rl/sharding.py), so that would deadlock
+                    synced_gpus=False,
                 )
             new = out.sequences[:, batch["input_ids"].shape[1] :]
             logprobs = recorder.finish(out.sequences)

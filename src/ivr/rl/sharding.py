@@ -80,10 +80,17 @@ def shard(model: torch.nn.Module, device: torch.device, world: int) -> torch.nn.
         raise ValueError(f"no module of class {sorted(names)} in {type(model).__name__}")
     for layer in layers:
         fully_shard(layer, mesh=mesh, reshard_after_forward=reshard)
-    fully_shard(model, mesh=mesh, reshard_after_forward=reshard)
+    # The root is the HF model itself, under a PEFT wrapper too: PEFT's ``generate`` calls the
+    # inner model directly, and FSDP needs every forward to enter through its root.
+    root = model.get_base_model() if hasattr(model, "get_base_model") else model
+    fully_shard(root, mesh=mesh, reshard_after_forward=reshard)
     for unit in units(model):
         unit.set_gradient_divide_factor(1.0)  # sum across ranks: losses are globally weighted
         unit.set_force_sum_reduction_for_comms(True)  # plain SUM (gloo has no PREMUL_SUM)
+        # A rank whose micro-batch has no image leaves the vision tower without gradients;
+        # reduce-scatter zeros for it so the ranks' buffers still match (torch ≥ 2.13).
+        if hasattr(unit, "set_reduce_scatter_unused_params"):
+            unit.set_reduce_scatter_unused_params(True)
     return model
 
 
@@ -135,8 +142,8 @@ def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """The optimizer state in the unsharded layout (collective for a sharded model), so a
-    checkpoint resumes under any world size or without sharding."""
+    """The optimizer state in the unsharded layout keyed by parameter name (collective for a
+    sharded model), so a sharded checkpoint resumes under any world size, or in one process."""
     if not is_sharded(model):
         return optimizer.state_dict()
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
@@ -154,9 +161,23 @@ def load_optimizer_state(
         return
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
+    state = _name_keyed(model, state)
     set_optimizer_state_dict(
         model, optimizer, state, options=StateDictOptions(full_state_dict=True)
     )
+
+
+def _name_keyed(model: torch.nn.Module, state: dict[str, Any]) -> dict[str, Any]:
+    """``optimizer.state_dict()`` of an unsharded run (parameters numbered in the order the
+    trainer hands them to AdamW: ``requires_grad`` ones, module order) → keyed by name."""
+    groups = state.get("param_groups", [])
+    if not any(isinstance(i, int) for g in groups for i in g["params"]):
+        return state
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    return {
+        "state": {names[i]: v for i, v in state["state"].items()},
+        "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in groups],
+    }
 
 
 __all__ = [

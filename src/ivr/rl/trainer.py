@@ -48,7 +48,7 @@ from ..data.images import load_image
 from ..data.prompts import PromptSet, question_text, user_prompt
 from ..models.policy import Policy
 from ..rewards import LocalizationConfig
-from ..rollout import make_backend, recompute_enabled, recompute_logprobs
+from ..rollout import HFBackend, make_backend, recompute_enabled, recompute_logprobs
 from ..tracking import Tracker
 from ..types import Generation, Group, Prompt, Rollout, Sample
 from . import checkpoint as ckpt
@@ -195,6 +195,7 @@ class Trainer:
             if resume_from is not None:
                 model = PeftModel.from_pretrained(model, resume_from, is_trainable=True)
             else:
+                torch.manual_seed(self.cfg.train.seed)  # the adapters' random init: reproducible
                 model = get_peft_model(model, self._lora_config())
             policy = Policy(model, policy.processor)
         if m.gradient_checkpointing:
@@ -262,7 +263,13 @@ class Trainer:
         except BaseException:
             # A crash (or Ctrl-C) before this step touched the weights: keep the work done so far.
             done = step - 1
-            if not self._dirty and done > self.start_step and self.cfg.train.save_every:
+            # Not with several ranks: the others may sit in another collective (a hang, not a save).
+            if (
+                not self._dirty
+                and done > self.start_step
+                and self.cfg.train.save_every
+                and self.world == 1
+            ):
                 self.save(done)
             raise
         finally:
@@ -283,7 +290,7 @@ class Trainer:
             samples = self.batch_samples(step)
             images = [tuple(load_image(p) for p in s.images) for s in samples]
             prompts = [question_prompt(s, im, self.prompts) for s, im in zip(samples, images)]
-        with timer("rollout"), self._gathered():
+        with timer("rollout"), self._gathered(sampling=True):
             self.model.eval()
             gens = self.rollout.generate(
                 prompts,
@@ -314,7 +321,7 @@ class Trainer:
         if cfg.ivr.enabled:
             from .rectify import rectify_groups
 
-            with timer("rectify"), self._gathered():
+            with timer("rectify"), self._gathered(sampling=True):
                 groups, stats = rectify_groups(
                     self.rollout.generate,
                     groups,
@@ -448,6 +455,7 @@ class Trainer:
                         sums[k] = sums.get(k, 0.0) + v
                     count += 1
                 self._allreduce_grads()
+                self._drop_unused_grads()
                 params = [p for p in self.model.parameters() if p.requires_grad]
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, a.max_grad_norm)
                 if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP
@@ -470,6 +478,9 @@ class Trainer:
         a = self.cfg.algo
         prompts = [rows[i][0] for i in micro]
         comps = [rows[i][1].token_ids for i in micro]
+        if self.sharded and not any(comps):  # no forward would run: keep FSDP in lock-step
+            self._dummy_micro_step(prompts)
+            return {}
         out = self.policy.completion_logprobs(  # entropy is only reported: keep it off the graph
             prompts,
             comps,
@@ -520,9 +531,10 @@ class Trainer:
             self.policy.shared_prefix = self.policy.share_image_features = not on
 
     @contextmanager
-    def _gathered(self):
-        """Sampling and other data-dependent passes on full weights (a no-op unsharded)."""
-        if not self.sharded:
+    def _gathered(self, sampling: bool = False):
+        """Sampling and other data-dependent passes on full weights (a no-op unsharded, and for
+        sampling when another engine samples: vLLM holds its own copy of the weights)."""
+        if not self.sharded or (sampling and not isinstance(self.rollout, HFBackend)):
             yield
             return
         with sharding.gathered(self.model):
@@ -616,6 +628,25 @@ class Trainer:
                         b.copy_(flat[offset : offset + b.numel()].view_as(b))
                         offset += b.numel()
                     bucket, size = [], 0
+
+    def _drop_unused_grads(self) -> None:
+        """Sharded: a parameter no rank used this minibatch (e.g. the vision tower when every
+        prompt is text-only) gets ``grad = None``, as it would without sharding — FSDP hands it
+        zeros instead, and AdamW would still move it by its running moments."""
+        if not self.sharded:
+            return
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        used = torch.tensor(
+            [
+                0.0 if p.grad is None else float(getattr(p.grad, "_local_tensor", p.grad).any())
+                for p in params
+            ],
+            device=self.policy.device,
+        )
+        torch.distributed.all_reduce(used)
+        for p, u in zip(params, used.tolist()):
+            if u == 0:
+                p.grad = None
 
     def _reduce(self, metrics: dict[str, float]) -> dict[str, float]:
         """Mean of each metric over the ranks that report it with a finite value (NaN where
