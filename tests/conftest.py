@@ -31,3 +31,27 @@ def tiny_qwen3_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from ivr.models.tiny import build_tiny_vlm
 
     return build_tiny_vlm(tmp_path_factory.mktemp("tiny_qwen3"), "qwen3_vl", seed=0)
+
+
+@pytest.fixture(scope="module")
+def colour_world(tmp_path_factory) -> list:
+    """Four one-colour images (two sizes) with their colour as a text answer."""
+    from PIL import Image
+
+    from ivr.types import Sample
+
+    root = tmp_path_factory.mktemp("colour_world")
+    samples = []
+    for i, colour in enumerate(["red", "blue", "green", "white"]):
+        path = root / f"{i}.png"
+        Image.new("RGB", (56 + 28 * (i % 2), 56), colour).save(path)
+        samples.append(
+            Sample(
+                id=str(i),
+                question=f"What colour {i}?",
+                answer=colour,
+                images=(str(path),),
+                answer_type="text",
+            )
+        )
+    return samples

@@ -6,36 +6,17 @@ The vLLM tests need ``pip install 'ivr[vllm]'`` and a CUDA GPU; they are skipped
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
+from tiny_runs import cfg_for
 
-from ivr.config import load_config
 from ivr.models.policy import Policy, chat_prompt
 from ivr.rl.trainer import Trainer
 from ivr.rollout.backends import recompute_logprobs
-from ivr.types import Sample
 
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory) -> list[Sample]:
-    root = tmp_path_factory.mktemp("world")
-    samples = []
-    for i, colour in enumerate(["red", "blue", "green", "white"]):
-        path = root / f"{i}.png"
-        Image.new("RGB", (56 + 28 * (i % 2), 56), colour).save(path)
-        samples.append(
-            Sample(
-                id=str(i),
-                question=f"What colour {i}?",
-                answer=colour,
-                images=(str(path),),
-                answer_type="text",
-            )
-        )
-    return samples
+ONE_STEP = ("train.steps=1", "train.save_every=0")
 
 
 def _prompts() -> list:
@@ -67,32 +48,13 @@ def test_recomputed_old_logprobs_equal_the_sampling_ones(tiny_qwen25_dir, temper
     assert all(len(g.logprobs) == len(g.token_ids) for row in again for g in row)
 
 
-def _cfg(tmp_path: Path, model_dir: Path, *extra: str):
-    return load_config(
-        None,
-        [
-            f"model.path={model_dir}",
-            "model.device=cpu",
-            f"train.output_dir={tmp_path / 'run'}",
-            "train.prompts_per_step=2",
-            "train.steps=1",
-            "train.save_every=0",
-            "rollout.group_size=4",
-            "rollout.max_new_tokens=6",
-            "rollout.top_p=1.0",
-            "algo.lr=0.02",
-            "algo.micro_batch_size=4",
-            "log.progress=false",
-            "log.tensorboard=false",
-            *extra,
-        ],
-    )
-
-
-def test_trainer_step_with_recomputed_old_logprobs(tmp_path, tiny_qwen25_dir, world) -> None:
-    base = Trainer(_cfg(tmp_path / "a", tiny_qwen25_dir), samples=world).train()
+def test_trainer_step_with_recomputed_old_logprobs(tmp_path, tiny_qwen25_dir, colour_world) -> None:
+    base = Trainer(
+        cfg_for(tmp_path / "a", tiny_qwen25_dir, *ONE_STEP), samples=colour_world
+    ).train()
     trainer = Trainer(
-        _cfg(tmp_path / "b", tiny_qwen25_dir, "rollout.recompute_logprobs=true"), samples=world
+        cfg_for(tmp_path / "b", tiny_qwen25_dir, *ONE_STEP, "rollout.recompute_logprobs=true"),
+        samples=colour_world,
     )
     calls = []
     real = trainer.policy.completion_logprobs

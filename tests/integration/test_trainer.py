@@ -4,56 +4,16 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
+from tiny_runs import cfg_for
 
-from ivr.config import load_config
 from ivr.data.prompts import PromptSet
 from ivr.models.policy import Policy
 from ivr.rl.trainer import Trainer, question_prompt
 from ivr.types import Sample
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory) -> list[Sample]:
-    root = tmp_path_factory.mktemp("world")
-    samples = []
-    for i, colour in enumerate(["red", "blue", "green", "white"]):
-        path = root / f"{i}.png"
-        Image.new("RGB", (56 + 28 * (i % 2), 56), colour).save(path)
-        samples.append(
-            Sample(
-                id=str(i),
-                question=f"What colour {i}?",
-                answer=colour,
-                images=(str(path),),
-                answer_type="text",
-            )
-        )
-    return samples
-
-
-def cfg_for(tmp_path: Path, model_dir: Path, *extra: str):
-    return load_config(
-        None,
-        [
-            f"model.path={model_dir}",
-            "model.device=cpu",
-            f"train.output_dir={tmp_path / 'run'}",
-            "train.prompts_per_step=2",
-            "rollout.group_size=4",
-            "rollout.max_new_tokens=6",
-            "rollout.top_p=1.0",
-            "algo.lr=0.02",
-            "algo.micro_batch_size=4",
-            "log.progress=false",
-            "log.tensorboard=false",
-            *extra,
-        ],
-    )
 
 
 def first_token_probs(policy: Policy, sample: Sample) -> torch.Tensor:
@@ -67,7 +27,7 @@ def first_token_probs(policy: Policy, sample: Sample) -> torch.Tensor:
 
 
 def test_grpo_steps_raise_the_preferred_tokens_probability(
-    tmp_path, tiny_qwen25_dir, world
+    tmp_path, tiny_qwen25_dir, colour_world
 ) -> None:
     cfg = cfg_for(
         tmp_path,
@@ -78,8 +38,8 @@ def test_grpo_steps_raise_the_preferred_tokens_probability(
         "train.save_every=0",
         "reward.format_weight=0.0",
     )
-    trainer = Trainer(cfg, samples=world[:1] * 2)
-    before = first_token_probs(trainer.policy, world[0])
+    trainer = Trainer(cfg, samples=colour_world[:1] * 2)
+    before = first_token_probs(trainer.policy, colour_world[0])
     # Target: a plain alphanumeric token the random model already samples now and then (p ~ 5%).
     tok = trainer.policy.tokenizer
     target = next(
@@ -94,7 +54,7 @@ def test_grpo_steps_raise_the_preferred_tokens_probability(
 
     trainer.scorer = replace(trainer.scorer, extra=((prefers_target, 1.0),))
     trainer.train()
-    after = first_token_probs(trainer.policy, world[0])
+    after = first_token_probs(trainer.policy, colour_world[0])
     # A real learning signal: the rewarded token becomes clearly more likely (not just "changed").
     assert after[target] > 2 * before[target], (word, before[target].item(), after[target].item())
     rows = [
@@ -105,13 +65,13 @@ def test_grpo_steps_raise_the_preferred_tokens_probability(
 
 
 def test_kill_and_resume_reproduces_the_uninterrupted_run(
-    tmp_path, tiny_qwen25_dir, world, monkeypatch
+    tmp_path, tiny_qwen25_dir, colour_world, monkeypatch
 ) -> None:
     base = ["train.steps=4", "train.save_every=2"]
-    full = Trainer(cfg_for(tmp_path / "a", tiny_qwen25_dir, *base), samples=world)
+    full = Trainer(cfg_for(tmp_path / "a", tiny_qwen25_dir, *base), samples=colour_world)
     full.train()
 
-    killed = Trainer(cfg_for(tmp_path / "b", tiny_qwen25_dir, *base), samples=world)
+    killed = Trainer(cfg_for(tmp_path / "b", tiny_qwen25_dir, *base), samples=colour_world)
     real_step = Trainer.step
 
     def dying_step(self, step):
@@ -124,7 +84,7 @@ def test_kill_and_resume_reproduces_the_uninterrupted_run(
         killed.train()
     monkeypatch.setattr(Trainer, "step", real_step)
     resumed = Trainer(
-        cfg_for(tmp_path / "b", tiny_qwen25_dir, *base, "train.resume=true"), samples=world
+        cfg_for(tmp_path / "b", tiny_qwen25_dir, *base, "train.resume=true"), samples=colour_world
     )
     assert resumed.start_step == 2
     resumed.train()
@@ -138,7 +98,7 @@ def test_kill_and_resume_reproduces_the_uninterrupted_run(
     assert all(torch.equal(sd_a[k], sd_b[k]) for k in sd_a)
 
 
-def test_ivr_step_runs_and_counters_are_consistent(tmp_path, tiny_qwen25_dir, world) -> None:
+def test_ivr_step_runs_and_counters_are_consistent(tmp_path, tiny_qwen25_dir, colour_world) -> None:
     cfg = cfg_for(
         tmp_path,
         tiny_qwen25_dir,
@@ -150,26 +110,26 @@ def test_ivr_step_runs_and_counters_are_consistent(tmp_path, tiny_qwen25_dir, wo
         "train.save_every=0",
     )
     # Random weights never answer right, so every rollout fails: 2 groups × k=2 are critiqued.
-    m = Trainer(cfg, samples=world).train()
+    m = Trainer(cfg, samples=colour_world).train()
     assert m["ivr/failed"] == 8 and m["ivr/critiqued"] == 4
     assert m["ivr/accepted"] == sum(m[f"ivr/accepted_round_{t}"] for t in (1, 2)) <= 4
     traces = [json.loads(x) for x in (tmp_path / "run" / "traces.jsonl").read_text().splitlines()]
     assert len(traces) == 4 and all(1 <= len(t["rounds"]) <= 2 for t in traces)
 
 
-def test_nan_reward_group_is_skipped_not_fatal(tmp_path, tiny_qwen25_dir, world) -> None:
+def test_nan_reward_group_is_skipped_not_fatal(tmp_path, tiny_qwen25_dir, colour_world) -> None:
     def nan_for_red(completions, answer, **_):
         return [float("nan") if a == "red" else 0.0 for a in answer]
 
     cfg = cfg_for(tmp_path, tiny_qwen25_dir, "train.steps=2", "train.save_every=0")
     with pytest.warns(UserWarning, match="NaN/inf reward"):
-        m = Trainer(cfg, samples=world, extra_rewards=[(nan_for_red, 1.0)]).train()
+        m = Trainer(cfg, samples=colour_world, extra_rewards=[(nan_for_red, 1.0)]).train()
     assert m["reward/nan_groups"] in (0.0, 1.0)
 
 
-def test_bad_training_data_is_named(tmp_path, tiny_qwen25_dir, world) -> None:
+def test_bad_training_data_is_named(tmp_path, tiny_qwen25_dir, colour_world) -> None:
     rows = tmp_path / "train.jsonl"
-    good = {"id": "a", "image": str(world[0].images[0]), "question": "Q", "answer": "red"}
+    good = {"id": "a", "image": str(colour_world[0].images[0]), "question": "Q", "answer": "red"}
     missing = {"id": "b", "image": "nope.png", "question": "Q", "answer": "red"}
     rows.write_text(json.dumps(good) + "\n" + json.dumps(missing) + "\n")
     cfg = cfg_for(tmp_path, tiny_qwen25_dir, f"data.train={rows}")
@@ -185,7 +145,7 @@ def test_bad_training_data_is_named(tmp_path, tiny_qwen25_dir, world) -> None:
     assert [s.id for s in skipped.samples] == ["a"]
 
 
-def test_kl_to_reference_is_zero_at_start(tmp_path, tiny_qwen25_dir, world) -> None:
+def test_kl_to_reference_is_zero_at_start(tmp_path, tiny_qwen25_dir, colour_world) -> None:
     cfg = cfg_for(
         tmp_path,
         tiny_qwen25_dir,
@@ -194,19 +154,19 @@ def test_kl_to_reference_is_zero_at_start(tmp_path, tiny_qwen25_dir, world) -> N
         "algo.lr=0.0",
         "train.save_every=0",
     )
-    m = Trainer(cfg, samples=world).train()
+    m = Trainer(cfg, samples=colour_world).train()
     # lr 0: policy == reference, so k3 = exp(0) − 0 − 1 = 0 on every token; ratio ρ = 1 exactly-ish.
     assert abs(m["loss/kl"]) < 1e-5 and abs(m["loss/ratio_mean"] - 1.0) < 1e-3
 
 
-def test_question_prompt_for_box_tasks_is_the_question_itself(world) -> None:
-    s = replace(world[0], answer_type="boxes", question="Locate every circle.")
+def test_question_prompt_for_box_tasks_is_the_question_itself(colour_world) -> None:
+    s = replace(colour_world[0], answer_type="boxes", question="Locate every circle.")
     p = question_prompt(s, [Image.new("RGB", (28, 28))], PromptSet())
     assert p.messages[0]["content"][-1]["text"] == "Locate every circle."
 
 
 def test_rectified_traces_are_trained_on_the_original_prompt(
-    tmp_path, tiny_qwen25_dir, world
+    tmp_path, tiny_qwen25_dir, colour_world
 ) -> None:
     from ivr.rl.scoring import Score
 
@@ -227,7 +187,7 @@ def test_rectified_traces_are_trained_on_the_original_prompt(
         "ivr.critique_max_new_tokens=3",
         "train.save_every=0",
     )
-    trainer = Trainer(cfg, samples=world)
+    trainer = Trainer(cfg, samples=colour_world)
     trainer.scorer = first_wrong_then_right
     seen = []
     real = trainer.policy.completion_logprobs
@@ -240,7 +200,7 @@ def test_rectified_traces_are_trained_on_the_original_prompt(
     m = trainer.train()
     assert m["ivr/accepted"] == 4 and m["ivr/accepted_round_1"] == 4  # 2 groups × k = 2, round 1
     texts = {p.messages[0]["content"][-1]["text"] for p, _ in seen}
-    originals = {PromptSet().answer.format(question=s.question) for s in world}
+    originals = {PromptSet().answer.format(question=s.question) for s in colour_world}
     # Every trained row — sampled or rectified — is conditioned on an original question prompt,
     # never on the critique/rectify prompt that produced it.
     assert texts <= originals and not any("previous answer" in t for t in texts)
