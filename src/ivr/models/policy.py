@@ -414,13 +414,7 @@ class Policy:
         log π_T of each), N = prompts × copies, rows of a prompt adjacent.
         """
         dev = self.device
-        positions, _ = rope_index(
-            batch["input_ids"],
-            mm_token_type_ids=batch["mm_token_type_ids"],
-            image_grid_thw=batch["image_grid_thw"],
-            attention_mask=batch["attention_mask"],
-        )
-        out = self.model(**batch, position_ids=positions, use_cache=True, logits_to_keep=1)
+        positions, out = self._prefill(batch, rope_index)
         cache = out.past_key_values
         rows = torch.arange(batch["input_ids"].shape[0], device=dev).repeat_interleave(copies)
         if copies > 1:
@@ -602,6 +596,19 @@ class Policy:
         inner = getattr(self._base_model(), "model", None)
         return getattr(inner, "get_rope_index", None)
 
+    def _prefill(self, batch: BatchFeature, rope_index: Any) -> tuple[torch.Tensor, Any]:
+        """Run each prompt once (vision tower included) with the 3-D rope positions the model
+        itself would compute, keeping the KV cache: → (positions [3, U, P], model output)."""
+        positions, _ = rope_index(
+            batch["input_ids"],
+            mm_token_type_ids=batch["mm_token_type_ids"],
+            image_grid_thw=batch["image_grid_thw"],
+            attention_mask=batch["attention_mask"],
+        )
+        return positions, self.model(
+            **batch, position_ids=positions, use_cache=True, logits_to_keep=1
+        )
+
     def _shared_prefix_logits(self, batch, inv, comp, comp_mask, rope_index) -> torch.Tensor:
         """[b, T, V] logits predicting each row's completion, with every prompt run once.
 
@@ -613,13 +620,7 @@ class Policy:
            position (+1, +2, …), which is what the model's own full-sequence rope index gives
            to text after the last image. The prompt's last logit predicts completion token 0.
         """
-        positions, _ = rope_index(
-            batch["input_ids"],
-            mm_token_type_ids=batch["mm_token_type_ids"],
-            image_grid_thw=batch["image_grid_thw"],
-            attention_mask=batch["attention_mask"],
-        )
-        out_p = self.model(**batch, position_ids=positions, use_cache=True, logits_to_keep=1)
+        positions, out_p = self._prefill(batch, rope_index)
         cache = out_p.past_key_values
         cache.batch_select_indices(inv)
         T = comp.shape[1]

@@ -48,6 +48,11 @@ def sharding_mode(requested: str) -> str:
     return requested
 
 
+def _reshard_after_forward() -> bool:
+    """accelerate's ``fsdp_reshard_after_forward`` (default on: the ZeRO-3 layout)."""
+    return os.environ.get("FSDP_RESHARD_AFTER_FORWARD", "true").lower() not in ("0", "false")
+
+
 def layer_classes(model: torch.nn.Module) -> set[str]:
     """Class names of the blocks to shard one by one: the text decoder layers."""
     env = os.environ.get("FSDP_TRANSFORMER_CLS_TO_WRAP", "")
@@ -73,7 +78,7 @@ def shard(model: torch.nn.Module, device: torch.device, world: int) -> torch.nn.
     from torch.distributed.fsdp import fully_shard
 
     mesh = init_device_mesh(device.type, (world,))
-    reshard = os.environ.get("FSDP_RESHARD_AFTER_FORWARD", "true").lower() not in ("0", "false")
+    reshard = _reshard_after_forward()
     names = layer_classes(model)
     layers = [m for m in model.modules() if type(m).__name__ in names]
     if not layers:
@@ -118,7 +123,7 @@ def gathered(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
     try:
         yield model
     finally:
-        reshard = os.environ.get("FSDP_RESHARD_AFTER_FORWARD", "true").lower() not in ("0", "false")
+        reshard = _reshard_after_forward()
         for m in mods:
             m.reshard()
             m.set_reshard_after_forward(reshard)

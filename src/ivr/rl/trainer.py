@@ -636,13 +636,15 @@ class Trainer:
         if not self.sharded:
             return
         params = [p for p in self.model.parameters() if p.requires_grad]
-        used = torch.tensor(
+        zero = torch.zeros((), dtype=torch.bool, device=self.policy.device)
+        used = torch.stack(  # built on the device: one transfer below, not one per parameter
             [
-                0.0 if p.grad is None else float(getattr(p.grad, "_local_tensor", p.grad).any())
+                zero
+                if p.grad is None
+                else (p.grad.to_local() if hasattr(p.grad, "to_local") else p.grad).any()
                 for p in params
-            ],
-            device=self.policy.device,
-        )
+            ]
+        ).float()
         torch.distributed.all_reduce(used)
         for p, u in zip(params, used.tolist()):
             if u == 0:
