@@ -1,9 +1,9 @@
-"""Evaluation: benchmark loaders, a resumable runner, COCO metrics, tables and plots.
+"""Evaluation: benchmark loaders, a resumable runner, COCO metrics, tables, plots and statistics.
 
-    from ivr.eval import evaluate, load_benchmark, coco_metrics, compare
+    from ivr.eval import evaluate, load_benchmark, coco_metrics, compare, paired_test
 
 Names are imported on first use, so ``ivr --help`` (which imports ``ivr.eval.cli``) stays instant.
-See docs/eval.md.
+See docs/eval.md (and docs/statistics.md for the tests).
 """
 
 from __future__ import annotations
@@ -31,6 +31,10 @@ _EXPORTS = {
     "plot_results": "ivr.eval.tables",
     "table1_markdown": "ivr.eval.tables",
     "to_markdown": "ivr.eval.tables",
+    "accuracy_ci": "ivr.eval.stats",
+    "paired_test": "ivr.eval.stats",
+    "pooled_paired": "ivr.eval.stats",
+    "seed_summary": "ivr.eval.stats",
 }
 
 __all__ = sorted(_EXPORTS)
