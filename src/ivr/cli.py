@@ -66,6 +66,8 @@ def cmd_build_tiny(args: argparse.Namespace) -> int:
         arch=args.arch,
         hidden=args.hidden,
         layers=args.layers,
+        vision_hidden=args.vision_hidden,
+        vision_depth=args.vision_depth,
         seed=args.seed,
         corpus=corpus,
     )
@@ -116,6 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", default="qwen2_5_vl", choices=["qwen2_5_vl", "qwen3_vl"])
     p.add_argument("--hidden", type=int, default=128)
     p.add_argument("--layers", type=int, default=2)
+    p.add_argument(
+        "--vision-hidden", type=int, default=64, help="vision tower width (128 reads digits)"
+    )
+    p.add_argument(
+        "--vision-depth", type=int, default=2, help="vision tower blocks (4 reads digits)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--corpus", help="chat JSONL whose text trains the tokenizer")
     p.set_defaults(fn=cmd_build_tiny)
