@@ -111,21 +111,31 @@ def test_off_policy_large_ratio_is_not_clipped() -> None:
     assert logp.grad is not None and logp.grad.item() == pytest.approx(-0.09)
 
 
-def test_shaping_off_is_ratio_one_surrogate() -> None:
-    # shaping_gamma=None: ℓ = −Â·exp(logp − sg(logp)) = −Â = −2 whatever p is;
-    # dℓ/dlogp = −Â = −2 (the plain policy gradient −Â ∇logp)
-    logp = torch.tensor([[math.log(0.4)]], requires_grad=True)
-    loss, _ = policy_loss(
+def test_shaping_off_is_the_plain_probability() -> None:
+    # shaping_gamma=None is LUFFY's "no shaping": ℓ = −Â·p on off-policy tokens, behaviour
+    # probability 1, no clip. Row 0: p = 0.4, Â = 2 → ℓ = −0.8; dℓ/dlogp = −Â·p = −0.8
+    # (dp/dlogp = p). Row 1: p = 0.9 with old logprob ln 0.1 — an on-policy ratio of 9 would be
+    # clipped at 1.2 with zero gradient; here ℓ = −1·0.9 = −0.9 and dℓ/dlogp = −0.9.
+    # Token mean over the 2 tokens: (−0.8 − 0.9) / 2 = −0.85; gradients halved: −0.4, −0.45.
+    logp = torch.tensor([[math.log(0.4)], [math.log(0.9)]], requires_grad=True)
+    loss, m = policy_loss(
         logp,
-        torch.zeros(1, 1),
-        torch.tensor([2.0]),
-        torch.ones(1, 1),
-        off_policy=torch.tensor([True]),
+        torch.tensor([[0.0], [math.log(0.1)]]),
+        torch.tensor([2.0, 1.0]),
+        torch.ones(2, 1),
+        off_policy=torch.tensor([True, True]),
         shaping_gamma=None,
     )
     loss.backward()
-    assert loss.item() == pytest.approx(-2.0)
-    assert logp.grad is not None and logp.grad.item() == pytest.approx(-2.0)
+    assert loss.item() == pytest.approx(-0.85)
+    assert logp.grad is not None
+    torch.testing.assert_close(logp.grad, torch.tensor([[-0.4], [-0.45]]))
+    assert floats(m)["off_policy_prob_mean"] == pytest.approx(0.65)
+    # the part on its own, per token: −Â·p
+    torch.testing.assert_close(
+        shaped_surrogate(torch.tensor([[math.log(0.4)]]), torch.tensor([[2.0]]), None),
+        torch.tensor([[-0.8]]),
+    )
 
 
 def test_shaping_gradient_matches_closed_form() -> None:

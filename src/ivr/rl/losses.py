@@ -4,6 +4,7 @@ What is implemented, per completion token t of response i (advantage Â_i, logp 
 
     on-policy   ℓ = −min(ρ Â, clip(ρ, 1−ε_low, 1+ε_high) Â),   ρ = exp(logp − logp_old)
     off-policy  ℓ = −Â · p/(p+γ),                              p = exp(logp)
+                ℓ = −Â · p                        (shaping off: LUFFY's plain weight)
     + KL        ℓ += β · (exp(ref − logp) − (ref − logp) − 1)   (k3, only if β > 0)
 
 then the per-token losses are aggregated over the batch (``aggregate``).
@@ -100,16 +101,19 @@ def clipped_surrogate(
 def shaped_surrogate(logprobs: Tensor, advantages: Tensor, gamma: float | None) -> Tensor:
     """LUFFY / IVR-R1 eq. 3.7 policy shaping for off-policy tokens: −Â · p/(p+γ), p = exp(logp).
 
-    Behaviour probability is 1 and there is no clip. d/dlogp = −Â γp/(p+γ)².
-    ``gamma=None`` turns shaping off: −Â·ρ with ρ = exp(logp − logp.detach()) (value 1, gradient
-    of logp), i.e. the on-policy surrogate with old = current, never clipped.
+    Behaviour probability is 1 (so the importance ratio is p itself) and there is no clip;
+    d/dlogp = −Â γp/(p+γ)². ``gamma=None`` turns shaping off: LUFFY's plain weight −Â · p,
+    still unclipped, d/dlogp = −Â p (which vanishes on the low-probability tokens shaping boosts).
 
     Args:
-        logprobs: [B, T]; advantages: [B, 1] (or [B, T]). Returns: loss [B, T].
+        logprobs: [B, T] log π_θ of the off-policy tokens (carries the gradient).
+        advantages: [B, 1] (or [B, T]).
+    Returns:
+        loss [B, T].
     """
-    if gamma is None:
-        return -advantages * torch.exp(logprobs - logprobs.detach())
     p = torch.exp(logprobs)
+    if gamma is None:
+        return -advantages * p
     return -advantages * p / (p + gamma)
 
 
@@ -167,7 +171,7 @@ def policy_loss(
         off_policy: [B] bool, True for rectified responses; None = all on-policy.
         ref_logprobs: [B, T] log π_ref; needed when ``kl_beta > 0``, else only reported.
         clip_low, clip_high: ε_low, ε_high of the clip range (DAPO: 0.2, 0.28).
-        shaping_gamma: γ of f(p) = p/(p+γ) on off-policy tokens; None = shaping off.
+        shaping_gamma: γ of f(p) = p/(p+γ) on off-policy tokens; None = shaping off (plain −Â·p).
         kl_beta: β, weight of the k3 KL penalty.
         aggregation: "token" | "sequence" | "dr_grpo" (see ``aggregate``).
         max_len: Dr.GRPO's constant normaliser (the generation budget); default T.
