@@ -98,9 +98,16 @@ class IVRConfig:
     tau: float = 0.5  # τ: screening threshold, r < τ = failed (IVR-R1 §3.2)
     k: int = 2  # critiqued failures per group (ablations 1, 4)
     rounds: int = 3  # T: re-reasoning rounds (paper Fig. 5)
-    shaping: bool = True  # policy shaping on off-policy tokens (eq. 3.7)
+    shaping: bool = True  # f(p) = p/(p+γ) on off-policy tokens (eq. 3.7); false = plain p (LUFFY)
     gamma: float = 0.1  # γ in f(p) = p/(p+γ) (LUFFY)
     context: str = "image"  # image | description (paper §5.2)
+    # description context: own = the critiqued response's <desc>; dataset = the true scene (leaks)
+    description_source: str = "own"  # own | dataset
+    # acceptance of a rectified answer (rl/rectify.py ACCEPT): correct_format = right answer AND
+    # valid format (spec); reward = r ≥ τ; grounded = correct_format AND <desc> = the true scene
+    accept: str = "correct_format"  # correct_format | reward | grounded | correct
+    # rectify = IVR-R1; resample = control: fresh samples of the original prompt, same budget
+    strategy: str = "rectify"  # rectify | resample
     critique_max_new_tokens: int = 256
     critique_temperature: float = 1.0
 
@@ -172,6 +179,9 @@ _CHOICES = {
     "sft.lr_schedule": {"constant", "cosine"},
     "algo.aggregation": {"token", "sequence", "dr_grpo"},
     "ivr.context": {"image", "description"},
+    "ivr.description_source": {"own", "dataset"},
+    "ivr.accept": {"correct_format", "reward", "grounded", "correct"},  # = rl.rectify.ACCEPT
+    "ivr.strategy": {"rectify", "resample"},
 }
 
 

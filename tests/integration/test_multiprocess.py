@@ -35,7 +35,16 @@ NAN_RANK, NAN_STEP = 1, 2  # this rank's rewards are all NaN at this step
 # weights). Short critiques keep the FSDP and data-parallel runs sampling the same tokens: Adam's
 # first steps turn float-rounding differences into ~lr-sized ones on near-zero gradients, and
 # hundreds of sampled tokens would then diverge by chance, not by a bug.
-IVR_OVERRIDES = ["ivr.enabled=true", "ivr.rounds=2", "ivr.tau=0.5", "ivr.critique_max_new_tokens=6"]
+# The reward here is a synthetic length signal with no right answer, so the default acceptance
+# (right AND formatted) would never accept: `ivr.accept=reward` (r ≥ τ) keeps rectified rows, and
+# their off-policy update, in these runs.
+IVR_OVERRIDES = [
+    "ivr.enabled=true",
+    "ivr.rounds=2",
+    "ivr.tau=0.5",
+    "ivr.critique_max_new_tokens=6",
+    "ivr.accept=reward",
+]
 
 
 def _write_images(root: Path) -> list[dict]:

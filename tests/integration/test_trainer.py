@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import replace
 
 import pytest
@@ -12,8 +13,22 @@ from tiny_runs import cfg_for
 
 from ivr.data.prompts import PromptSet
 from ivr.models.policy import Policy
+from ivr.rl.scoring import Score
 from ivr.rl.trainer import Trainer, question_prompt
 from ivr.types import Sample
+
+
+def first_wrong_then_right():
+    """A scorer for one step: the rollouts (its first call) all fail with reward 0; everything
+    scored after them (rectifications, fresh samples) is right and formatted, reward 1."""
+    calls = {"n": 0}
+
+    def score(samples, completions, progress=0.0):
+        calls["n"] += 1
+        ok = calls["n"] > 1
+        return [Score(float(ok), {"accuracy": float(ok), "format": 1.0}, ok) for _ in completions]
+
+    return score
 
 
 def first_token_probs(policy: Policy, sample: Sample) -> torch.Tensor:
@@ -168,16 +183,6 @@ def test_question_prompt_for_box_tasks_is_the_question_itself(colour_world) -> N
 def test_rectified_traces_are_trained_on_the_original_prompt(
     tmp_path, tiny_qwen25_dir, colour_world
 ) -> None:
-    from ivr.rl.scoring import Score
-
-    calls = {"n": 0}
-
-    def first_wrong_then_right(samples, completions, progress=0.0):
-        """Rollouts all fail (reward 0); every rectification is accepted (reward 1)."""
-        calls["n"] += 1
-        ok = calls["n"] > 1
-        return [Score(float(ok), {"accuracy": float(ok)}, ok) for _ in completions]
-
     cfg = cfg_for(
         tmp_path,
         tiny_qwen25_dir,
@@ -188,7 +193,7 @@ def test_rectified_traces_are_trained_on_the_original_prompt(
         "train.save_every=0",
     )
     trainer = Trainer(cfg, samples=colour_world)
-    trainer.scorer = first_wrong_then_right
+    trainer.scorer = first_wrong_then_right()
     seen = []
     real = trainer.policy.completion_logprobs
 
@@ -205,3 +210,88 @@ def test_rectified_traces_are_trained_on_the_original_prompt(
     # never on the critique/rectify prompt that produced it.
     assert texts <= originals and not any("previous answer" in t for t in texts)
     assert len(seen) == 2 * 4 and m["loss/off_policy_sequences"] == 4
+
+
+def test_self_reward_is_added_after_screening(
+    tmp_path, tiny_qwen25_dir, colour_world, monkeypatch
+) -> None:
+    import ivr.rl.self_reward as self_reward
+
+    seen = []
+
+    def faithful_desc_everywhere(policy, groups, scorer, cfg, prompts):
+        """Stands in for the Vision-SR1 term: every <desc> "lets the policy answer", + w·1 = +1."""
+        seen.append([r.reward for g in groups for r in g.rollouts])
+        out = [
+            replace(
+                g,
+                rollouts=tuple(
+                    replace(r, reward=r.reward + 1.0, components={**r.components, "self_reward": 1})
+                    for r in g.rollouts
+                ),
+            )
+            for g in groups
+        ]
+        return out, {"self_reward/desc_only_accuracy": 1.0}
+
+    monkeypatch.setattr(self_reward, "add_self_reward", faithful_desc_everywhere)
+    cfg = cfg_for(
+        tmp_path,
+        tiny_qwen25_dir,
+        "train.steps=1",
+        "ivr.enabled=true",
+        "ivr.k=2",
+        "ivr.rounds=1",
+        "ivr.critique_max_new_tokens=3",
+        "reward.self_reward_weight=1.0",
+        "train.save_every=0",
+    )
+    m = Trainer(cfg, samples=colour_world).train()
+    # Random weights answer wrong: task reward ≤ 0.1 (format at most) < τ = 0.5 on all 2 × 4
+    # rollouts, so 8 fail and 2 groups × k = 2 are screened — although with the self-reward each
+    # would score ≥ 1.0 ≥ τ (added before screening, as before this fix: 0 failed, 0 screened).
+    assert m["ivr/failed"] == 8 and m["ivr/critiqued"] == 4
+    # the term was added once, after the rectify phase: the advantages see task reward + 1
+    assert len(seen) == 1 and max(seen[0]) <= 0.1
+    assert m["reward/mean"] <= 0.1 and m["reward_mixed/mean"] >= 1.0
+    assert m["self_reward/desc_only_accuracy"] == 1.0
+
+
+def test_resample_control_trains(tmp_path, tiny_qwen25_dir, colour_world) -> None:
+    cfg = cfg_for(
+        tmp_path,
+        tiny_qwen25_dir,
+        "train.steps=1",
+        "ivr.enabled=true",
+        "ivr.strategy=resample",
+        "ivr.k=2",
+        "ivr.rounds=2",
+        "log.samples_per_step=8",
+        "train.save_every=0",
+    )
+    trainer = Trainer(cfg, samples=colour_world)
+    trainer.scorer = first_wrong_then_right()
+    seen = []
+    real = trainer.policy.completion_logprobs
+
+    def spy(prompts, completions, **kw):
+        seen.extend(prompts)
+        return real(prompts, completions, **kw)
+
+    trainer.policy.completion_logprobs = spy
+    m = trainer.train()
+    # 2 groups × k = 2 screened; each job's first sample of round 1 is accepted; both samples of
+    # the round are spent: 4 jobs × 2 = 8 generations; round 2 has nothing left to do.
+    assert m["ivr/critiqued"] == 4 and m["ivr/accepted"] == 4 and m["ivr/success_rate"] == 1.0
+    assert m["ivr/accepted_round_1"] == 4 and m["ivr/accepted_round_2"] == 0
+    assert m["ivr/generations"] == 8 and m["ivr/generated_tokens"] > 0
+    # accepted samples are trained off-policy (shaped) as responses to the original prompt
+    assert m["loss/off_policy_sequences"] == 4 and 0 < m["loss/off_policy_token_share"] < 1
+    assert math.isfinite(m["loss/loss"]) and m["loss/grad_norm"] > 0
+    texts = {p.messages[0]["content"][-1]["text"] for p in seen}
+    assert texts <= {PromptSet().answer.format(question=s.question) for s in colour_world}
+    rows = [json.loads(x) for x in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
+    assert len(rows) == 8 and sum(r["off_policy"] for r in rows) == 4
+    traces = [json.loads(x) for x in (tmp_path / "run" / "traces.jsonl").read_text().splitlines()]
+    assert len(traces) == 4 and all(t["accepted"] and t["generations"] == 2 for t in traces)
+    assert all([r["accepted"] for r in t["rounds"]] == [True, False] for t in traces)

@@ -14,6 +14,13 @@ def test_defaults_are_the_papers_settings() -> None:
     assert cfg.reward.format_weight == 0.1
     assert (cfg.ivr.tau, cfg.ivr.k, cfg.ivr.rounds, cfg.ivr.gamma) == (0.5, 2, 3, 0.1)
     assert cfg.ivr.context == "image" and cfg.ivr.shaping
+    # DESIGN.md §1: accept = right AND formatted; the description ablation uses the policy's OWN
+    # <desc> (the dataset's would leak the answer); IVR-R1, not its resample control
+    assert (cfg.ivr.accept, cfg.ivr.description_source, cfg.ivr.strategy) == (
+        "correct_format",
+        "own",
+        "rectify",
+    )
 
 
 def test_yaml_and_overrides_round_trip(tmp_path) -> None:
@@ -44,6 +51,9 @@ def test_config_is_frozen() -> None:
         ("ivr:\n  enabled: 1\n", r"run\.yaml: `ivr\.enabled` = 1 should be true or false"),
         ("rollout:\n  group_size: 2.5\n", r"`rollout\.group_size` = 2\.5 should be of type int"),
         ("ivr:\n  context: text\n", r"`ivr\.context` = 'text'; expected one of"),
+        ("ivr:\n  accept: reward_ge_tau\n", r"`ivr\.accept` = 'reward_ge_tau'; expected one of"),
+        ("ivr:\n  strategy: resampling\n", r"`ivr\.strategy` = 'resampling'; expected one of"),
+        ("ivr:\n  description_source: gold\n", r"`ivr\.description_source` = 'gold'; expected"),
         ("rollout:\n  top_p: 0\n", r"`rollout\.top_p` = 0\.0 must be in \(0, 1\]"),
         ("algo: 3\n", r"`algo` should be a mapping"),
         ("- a\n- b\n", r"top level should be a mapping"),

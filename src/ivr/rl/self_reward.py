@@ -4,6 +4,10 @@ Vision-SR1 (Li et al. 2025) rewards a response's visual perception by asking the
 answer from the response's ``<desc>`` block alone, WITHOUT the image: if the description is
 faithful enough, the text-only answer is right. Reward: r += w · acc(description-only answer).
 The extra answers are greedy, one per rollout, batched over the step.
+
+The trainer adds it AFTER screening and rectification (DESIGN.md §1): screening and acceptance see
+the task reward only, so a wrong answer with a faithful description (r = 0.1 + w ≥ τ) is still
+screened as failed, and rectified or resampled rollouts get the term like sampled ones.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from ..config import Config
 from ..data.prompts import PromptSet, user_prompt
 from ..models.policy import Policy
 from ..types import Group
-from .rectify import _DESC
+from .rectify import own_description
 from .scoring import Scorer
 
 
@@ -28,9 +32,8 @@ def add_self_reward(
         if g.sample.answer_type == "boxes":
             continue
         for ri, r in enumerate(g.rollouts):
-            m = _DESC.search(r.text)
             text = prompts.description_only_answer.format(
-                description=m.group(1).strip() if m else "", question=g.sample.question
+                description=own_description(r.text), question=g.sample.question
             )
             jobs.append((gi, ri, user_prompt(text)))
     if not jobs:

@@ -4,10 +4,13 @@ One step, top to bottom (each phase timed and logged as ``time/<phase>``):
 
     1. prompts      next ``prompts_per_step`` samples of a seeded per-epoch shuffle (per rank)
     2. rollout      G samples per prompt, temperature/top_p from the config, image tokens banned
-    3. reward       r = λ·format + (1−λ)·accuracy, or the Vision-R1 reward for box tasks
-    4. self-reward  (Vision-SR1 baseline, optional) + w·acc(answer from the <desc> alone)
-    5. rectify      (IVR-R1, optional) failed rollouts critiqued + rectified with the image,
-                    accepted ones replace them off-policy (rl/rectify.py)
+    3. reward       the task reward: r = λ·format + (1−λ)·accuracy, or the Vision-R1 reward for
+                    box tasks; screening and acceptance see this reward only
+    4. rectify      (IVR-R1, optional) failed rollouts critiqued + rectified with the image, or
+                    (``ivr.strategy=resample``, the control) replaced by fresh samples of the
+                    original prompt; accepted ones replace them off-policy (rl/rectify.py)
+    5. self-reward  (Vision-SR1 baseline, optional) + w·acc(answer from the <desc> alone), after
+                    screening, so it can never hide a wrong answer from the loop
     6. advantages   over each (mixed) group; groups whose reward is NaN are dropped and counted
     7. update       μ passes × minibatches × micro-batches; clipped surrogate on sampled tokens,
                     policy shaping on rectified ones, k3 KL to the frozen reference if β > 0
@@ -310,32 +313,46 @@ class Trainer:
                 )
         with timer("reward"):
             groups = self.score_groups(samples, gens, progress)
-        metrics: dict[str, float] = {}
+        metrics = _reward_metrics(groups, prefix="reward")  # the task reward of the samples
+        if cfg.ivr.enabled:  # screens on the task reward: self-reward is not added yet
+            from .rectify import rectify_groups, resample_groups
+
+            kw = dict(
+                max_new_tokens=cfg.rollout.max_new_tokens,
+                top_p=cfg.rollout.top_p,
+                progress=progress,
+                rng=random.Random(seed),
+            )
+            with timer("rectify"), self._gathered(sampling=True):  # rectify or its control
+                if cfg.ivr.strategy == "resample":
+                    groups, stats = resample_groups(
+                        self.rollout.generate,
+                        groups,
+                        prompts,
+                        self.scorer,
+                        cfg.ivr,
+                        temperature=cfg.rollout.temperature,
+                        **kw,
+                    )
+                else:
+                    groups, stats = rectify_groups(
+                        self.rollout.generate,
+                        groups,
+                        images,
+                        self.scorer,
+                        cfg.ivr,
+                        self.prompts,
+                        **kw,
+                    )
+            metrics.update(stats.metrics())
+            self.tracker.write_rows("traces", step, stats.traces)
         if cfg.reward.self_reward_weight > 0:
             from .self_reward import add_self_reward
 
             with timer("self_reward"), self._gathered():
                 groups, sr = add_self_reward(self.policy, groups, self.scorer, cfg, self.prompts)
             metrics.update(sr)
-        metrics.update(_reward_metrics(groups, prefix="reward"))
-        if cfg.ivr.enabled:
-            from .rectify import rectify_groups
-
-            with timer("rectify"), self._gathered(sampling=True):
-                groups, stats = rectify_groups(
-                    self.rollout.generate,
-                    groups,
-                    images,
-                    self.scorer,
-                    cfg.ivr,
-                    self.prompts,
-                    max_new_tokens=cfg.rollout.max_new_tokens,
-                    top_p=cfg.rollout.top_p,
-                    progress=progress,
-                    rng=random.Random(seed),
-                )
-            metrics.update(stats.metrics())
-            self.tracker.write_rows("traces", step, stats.traces)
+        if cfg.ivr.enabled or cfg.reward.self_reward_weight > 0:  # what the advantages see
             metrics.update(_reward_metrics(groups, prefix="reward_mixed"))
         with timer("advantages"):
             groups, advantages, dropped = self.advantages(groups)
