@@ -325,3 +325,21 @@ def test_presets_are_valid_kwargs(preset: str) -> None:
     kwargs = dict(LOSS_PRESETS[preset])
     ref = torch.zeros(2, 3) if kwargs.get("kl_beta", 0.0) > 0 else None
     _call(ref_logprobs=ref, **kwargs)
+
+
+def test_off_policy_grad_share_matches_autograd_and_hand_numbers() -> None:
+    # Two rows of one token each. Row 0 on-policy: logp = old (ρ = 1), Â = 1 → |∂ℓ/∂logp| = 1.
+    # Row 1 off-policy (rectified): p = 0.1 = γ, Â = 1 → γp/(p+γ)² = 0.01/0.04 = 0.25.
+    # Share of the push carried by the rectified token: 0.25 / (1 + 0.25) = 0.2.
+    logp = torch.tensor([[math.log(0.5)], [math.log(0.1)]], requires_grad=True)
+    old = torch.tensor([[math.log(0.5)], [0.0]])
+    adv, mask = torch.tensor([1.0, 1.0]), torch.ones(2, 1)
+    off = torch.tensor([False, True])
+    loss, m = policy_loss(logp, old, adv, mask, off_policy=off, shaping_gamma=0.1)
+    assert m["off_policy_grad_share"].item() == pytest.approx(0.2, abs=1e-6)
+    # Autograd agrees: token-mean aggregation scales both gradients by 1/2 alike.
+    (g,) = torch.autograd.grad(loss, logp)
+    assert (g[1].abs() / g.abs().sum()).item() == pytest.approx(0.2, abs=1e-6)
+    # Shaping off: plain p → weight 0.1; share 0.1 / 1.1.
+    _, m = policy_loss(logp, old, adv, mask, off_policy=off, shaping_gamma=None)
+    assert m["off_policy_grad_share"].item() == pytest.approx(0.1 / 1.1, abs=1e-6)

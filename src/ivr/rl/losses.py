@@ -183,7 +183,10 @@ def policy_loss(
         once per step) ``loss``,
         ``clip_frac`` (on-policy tokens whose clipped branch is active), ``ratio_mean``
         (on-policy), ``kl`` (mean k3; 0 without ``ref_logprobs``), ``off_policy_token_share``,
-        ``off_policy_prob_mean`` (mean p on off-policy tokens) and ``entropy`` when given.
+        ``off_policy_prob_mean`` (mean p on off-policy tokens), ``off_policy_grad_share`` (the
+        share of Σ|∂ℓ/∂log p| over the batch's tokens that falls on off-policy tokens: how much
+        of the policy-gradient push rectified traces carry; KL excluded) and ``entropy`` when
+        given.
         Means over an empty set of tokens are 0.
     """
     b, t = _check_inputs(
@@ -229,10 +232,34 @@ def policy_loss(
             "kl": loss.new_zeros(()) if kl is None else _mean(kl, mask),
             "off_policy_token_share": _mean(off_tok.to(dtype), mask),
             "off_policy_prob_mean": _mean(logp.detach().exp(), off_mask),
+            "off_policy_grad_share": _off_policy_grad_share(
+                logp.detach(), adv, ratio, clipped, off_tok, mask, shaping_gamma
+            ),
         }
         if entropy is not None:
             metrics["entropy"] = _mean(entropy.to(dtype), mask)
     return loss, metrics
+
+
+def _off_policy_grad_share(
+    logp: Tensor,
+    adv: Tensor,
+    ratio: Tensor,
+    clipped: Tensor,
+    off_tok: Tensor,
+    mask: Tensor,
+    gamma: float | None,
+) -> Tensor:
+    """Σ over off-policy tokens of |∂ℓ/∂log p| divided by the Σ over all tokens (0-d, detached).
+
+    Per token: on-policy |Â|·ρ where the unclipped branch is active, else 0; off-policy
+    |Â|·γp/(p+γ)² with shaping, |Â|·p without (``shaped_surrogate``). 0 when nothing pushes.
+    """
+    p = logp.exp()
+    shaped = p if gamma is None else gamma * p / (p + gamma) ** 2
+    w = adv.abs() * torch.where(off_tok, shaped, ratio * (~clipped).to(ratio.dtype)) * mask
+    total = w.sum()
+    return torch.where(total > 0, (w * off_tok).sum() / total.clamp(min=1e-30), 0.0)
 
 
 def _mean(x: Tensor, mask: Tensor) -> Tensor:
