@@ -94,8 +94,7 @@ def mine_own_answers(
     ``split`` (from row ``offset``): ``[{"row": raw row, "responses": [str, …]}]``."""
     from tqdm.auto import tqdm
 
-    from .data.images import load_image
-    from .data.prompts import question_text, user_prompt
+    from .eval.protocol import row_prompts
     from .models.policy import Policy
 
     data_dir = Path(data_dir)
@@ -105,13 +104,7 @@ def mine_own_answers(
     out = []
     for i in tqdm(range(0, len(rows), batch_prompts), desc="mine own answers", leave=False):
         chunk = rows[i : i + batch_prompts]
-        prompts = [
-            user_prompt(
-                question_text(r["question"], r["answer_type"]),
-                (load_image(data_dir / r["image"]),),
-            )
-            for r in chunk
-        ]
+        prompts = row_prompts(chunk, data_dir)
         gens = policy.generate(
             prompts,
             max_new_tokens=max_new_tokens,

@@ -445,3 +445,28 @@ def test_both_strategies_spend_the_same_budget_on_unfixable_failures() -> None:
     )
     assert rect.metrics()["ivr/generations"] == res.metrics()["ivr/generations"] == 12
     assert rect.accepted_per_round == res.accepted_per_round == [0, 0, 0]
+
+
+def test_rereason_eval_resample_control_redraws_the_original_prompt() -> None:
+    # Two items, gold "2". Item 0 starts right; item 1 wrong. Round 1: item 1's two fresh answers
+    # are ["bad", "bad"]; round 2: ["bad", right] → fixed in round 2. Accuracy by round: 1/2, 1/2,
+    # 2/2, 2/2; generations 2 + 2 = 4 (two per open item per round, the critique+rectify budget).
+    right = FMT + "\\boxed{2}"
+    sampler = Sampler([[["bad", "bad"]], [["bad", right]]])
+    samples = [Sample(id=str(i), question="Q", answer="2", answer_type="integer") for i in (0, 1)]
+    originals = [user_prompt(f"ORIGINAL {i}", (IMG,)) for i in (0, 1)]
+    res = rereason_eval(
+        sampler.generate,
+        samples,
+        [(IMG,), (IMG,)],
+        [right, "wrong"],
+        fake_scorer,
+        IVRConfig(rounds=3, strategy="resample"),
+        PROMPTS,
+        max_new_tokens=8,
+        temperature=1.0,
+        original_prompts=originals,
+    )
+    assert res["accuracy_by_round"] == [0.5, 0.5, 1.0, 1.0] and res["generations"] == 4
+    assert all(p == originals[1] for c in sampler.calls for p in c)
+    assert all(kw["temperature"] == 1.0 for kw in sampler.kwargs)

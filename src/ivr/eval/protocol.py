@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["evaluate_heldout"]
+__all__ = ["evaluate_heldout", "row_prompts"]
 
 _KEYS = ("correct", "format", "attr", "consistent")
 
@@ -30,6 +30,19 @@ def _read_rows(data_dir: Path, split: str, limit: int | None) -> list[dict[str, 
     with (data_dir / f"{split}.jsonl").open() as f:
         rows = [json.loads(line) for line in f if line.strip()]
     return rows[:limit] if limit else rows
+
+
+def row_prompts(rows: list[dict[str, Any]], data_dir: Path) -> list[Any]:
+    """The ORIGINAL prompt (answer-format instruction + image) of raw synthetic-world rows."""
+    from ..data.images import load_image
+    from ..data.prompts import question_text, user_prompt
+
+    return [
+        user_prompt(
+            question_text(r["question"], r["answer_type"]), (load_image(data_dir / r["image"]),)
+        )
+        for r in rows
+    ]
 
 
 def evaluate_heldout(
@@ -51,8 +64,6 @@ def evaluate_heldout(
 
     from ..data.dataset import load_samples
     from ..data.grounding import attribute_fidelity, self_consistency
-    from ..data.images import load_image
-    from ..data.prompts import question_text, user_prompt
     from ..models.policy import Policy
     from ..rl.scoring import Scorer
 
@@ -81,13 +92,7 @@ def evaluate_heldout(
     batches = range(0, len(rows), batch_prompts)
     for i in tqdm(batches, desc=f"eval {model_dir}", disable=not progress, leave=False):
         chunk = rows[i : i + batch_prompts]
-        prompts = [
-            user_prompt(
-                question_text(r["question"], r["answer_type"]),
-                (load_image(data_dir / r["image"]),),
-            )
-            for r in chunk
-        ]
+        prompts = row_prompts(chunk, data_dir)
         g = policy.generate(prompts, max_new_tokens=max_new_tokens, temperature=0.0)
         for r, gen in zip(chunk, g):
             responses.append(gen[0].text)

@@ -432,29 +432,51 @@ def rereason_eval(
     prompts: PromptSet,
     *,
     max_new_tokens: int,
+    temperature: float = 0.0,
+    original_prompts: Sequence[Prompt] | None = None,
 ) -> dict[str, Any]:
     """Test-time re-reasoning with an oracle screen (paper Fig. 5): every wrong initial answer goes
-    through the loop, greedily, until its answer is right (``ACCEPT["correct"]``: the curve is
-    accuracy, whatever the format); accuracy after the initial answer and after each round. With
-    ``cfg.context="description"`` the scene text follows ``cfg.description_source`` (default: the
-    response's own ``<desc>``, never the gold)."""
+    through the loop until its answer is right (``ACCEPT["correct"]``: the curve is accuracy,
+    whatever the format); accuracy after the initial answer and after each round.
+
+    ``cfg.strategy="resample"`` is the control: each round draws ``GENERATIONS_PER_ROUND`` fresh
+    answers to the ORIGINAL prompt (``original_prompts``), the budget of one critique + one
+    rectification. ``temperature`` applies to every generation (0 = greedy; a resample needs > 0).
+    With ``cfg.context="description"`` the scene text follows ``cfg.description_source`` (default:
+    the response's own ``<desc>``, never the gold)."""
     initial = scorer(samples, responses)
     correct0 = [bool(s.correct) for s in initial]
     jobs = {
-        i: Job(samples[i], tuple(images[i]), responses[i])
+        i: Job(
+            samples[i],
+            tuple(images[i]),
+            responses[i],
+            prompt=original_prompts[i] if original_prompts is not None else None,
+        )
         for i, ok in enumerate(correct0)
         if not ok
     }
-    greedy = replace(cfg, critique_temperature=0.0)
-    reasoning_loop(
-        generate,
-        list(jobs.values()),
-        scorer,
-        greedy,
-        prompts,
-        max_new_tokens=max_new_tokens,
-        accept=ACCEPT["correct"],
-    )
+    if cfg.strategy == "resample":
+        if original_prompts is None or temperature <= 0:
+            raise ValueError("a test-time resample needs original_prompts and temperature > 0")
+        resample_loop(
+            generate,
+            list(jobs.values()),
+            scorer,
+            replace(cfg, accept="correct"),
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+        )
+    else:
+        reasoning_loop(
+            generate,
+            list(jobs.values()),
+            scorer,
+            replace(cfg, critique_temperature=temperature),
+            prompts,
+            max_new_tokens=max_new_tokens,
+            accept=ACCEPT["correct"],
+        )
     n = max(len(samples), 1)
     curve = [sum(correct0) / n]
     for t in range(1, cfg.rounds + 1):
@@ -465,6 +487,8 @@ def rereason_eval(
     return {
         "accuracy_by_round": curve,
         "context": cfg.context,
+        "strategy": cfg.strategy,
+        "temperature": temperature,
         "n": len(samples),
         "generations": sum(j.generations for j in jobs.values()),
         "traces": [{"id": j.sample.id, "rounds": j.trace} for j in jobs.values()],
