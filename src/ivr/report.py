@@ -1,10 +1,19 @@
 """A static, self-contained HTML report of a demo run (no server, no external assets).
 
-Sections: the results table (paper Table 1 layout: methods as rows, mean ± std over seeds), a
-verdict that says plainly whether IVR-R1 beat GRPO here, training curves (reward, accuracy, KL,
-off-policy share), the ablations (k; re-reasoning with the image vs a description, per round, as
-the paper's Fig. 5), and a rollout inspector: for sampled failed rollouts, the image, the original
-answer, each critique and rectification, and whether it was accepted.
+It reads the ``results.json`` that ``ivr demo`` writes (``summarise`` in demo.py) and the run
+directories under ``out/rl``. Sections:
+
+    verdict          plain sentences derived from the paired comparisons (``verdict``)
+    headline table   per method: greedy / sampled accuracy with 95% intervals on held-out A and B,
+                     grounding, all-fail groups in training, step time vs GRPO (``markdown_table``)
+    comparisons      per pair of methods: Δ with its interval and p (``comparisons_table``)
+    cold start       what the stage-1 model did on its own training prompts
+    training curves  mean over seeds per method; acceptance of rectified traces per round
+    rectification    per round acceptance, success rate, generations spent, all-fail before/after
+    inspector        failed rollouts with the image, each critique and rectification
+    timings          per phase and per RL step
+
+Every number and every word of the verdict follows from ``results``; nothing is hard-coded.
 """
 
 from __future__ import annotations
@@ -13,28 +22,52 @@ import base64
 import html
 import io
 import json
-import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-LABELS = {"zero_shot": "Zero-shot", "sft": "SFT cold start", "grpo": "GRPO", "ivr": "IVR-R1"}
+#: Headline rows, in order (those present in the results).
+ORDER = ("sft", "grpo", "resample", "ivr", "ivr_desc", "sr1")
+#: Fallback labels; a method's own ``label`` in results.json wins.
+LABELS = {
+    "sft": "SFT cold start",
+    "grpo": "GRPO",
+    "resample": "Resample control",
+    "ivr": "IVR-R1 (image)",
+    "ivr_desc": "IVR-R1 (own description)",
+    "sr1": "Vision-SR1",
+}
+#: How a method reads as the object of a verdict sentence.
+_OBJECT = {"resample": "the resample control", "sft": "the SFT cold start"}
+COLOURS = {
+    "grpo": "tab:blue",
+    "resample": "tab:gray",
+    "ivr": "tab:orange",
+    "ivr_desc": "tab:green",
+    "sr1": "tab:purple",
+}
+SETS = ("A", "B")
+#: Significance level of the verdict (two-sided p of the paired test).
+ALPHA = 0.05
+#: Methods whose runs rectify (or resample) failed groups.
+RECTIFYING = ("resample", "ivr", "ivr_desc")
 CURVES = [
     ("reward/mean", "reward"),
-    ("reward/accuracy", "train accuracy (sampled)"),
-    ("loss/kl", "KL to reference"),
+    ("reward/correct", "train correct (sampled)"),
+    ("all_fail", "all-fail groups"),
     ("loss/off_policy_token_share", "off-policy token share"),
 ]
-
 
 _CONTROL = dict.fromkeys(c for c in range(32) if c not in (9, 10, 13))
 
 
-def _esc(text: str) -> str:
+def _esc(text: Any) -> str:
     """HTML-escape model output, dropping control bytes (an untrained model emits NULs)."""
     return html.escape(str(text).translate(_CONTROL))
 
@@ -50,184 +83,511 @@ def _img_file(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
 
 
-def _fmt(entry: dict[str, Any], key: str) -> str:
-    if key not in entry:
+# ------------------------------------------------------------------------------ formatting
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.1f}"
+
+
+def _pts(x: float) -> str:
+    """A difference in percentage points, signed."""
+    return f"{100 * x:+.1f}"
+
+
+def _p(p: float) -> str:
+    """``0.003``, or ``<0.001``."""
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def _p_phrase(p: float) -> str:
+    """``p = 0.003``, or ``p < 0.001``."""
+    return "p < 0.001" if p < 0.001 else f"p = {_p(p)}"
+
+
+def _ci(cell: dict[str, Any] | None) -> str:
+    """``61.2 [58.1, 64.2]``: a mean and its 95% interval, in percent."""
+    if not cell:
         return "–"
-    std = entry.get(f"{key}_std", 0.0)
-    return f"{100 * entry[key]:.1f}" + (f" ± {100 * std:.1f}" if std else "")
+    return f"{_pct(cell['mean'])} [{_pct(cell['lo'])}, {_pct(cell['hi'])}]"
 
 
-def results_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    methods = results["methods"]
-    tasks = sorted(
-        {
-            k
-            for m in methods.values()
-            for k in m
-            if k.startswith("accuracy/") and not k.endswith("_std")
-        }
-    )
-    cols = ["accuracy", *tasks, "format", "desc_exact", "desc_f1"]
-    header = ["method", *[c.replace("accuracy/", "acc: ") for c in cols]]
-    rows = []
-    for key in ("zero_shot", "sft", "grpo", "ivr"):
-        if key in methods:
-            rows.append([LABELS[key], *[_fmt(methods[key], c) for c in cols]])
-    blind = results.get("image_blind") or {}
-    if blind:
-        overall = blind.get("overall", blind.get("all"))
-        value = overall if isinstance(overall, (int, float)) else None
-        rows.append(
-            [
-                "image-blind baseline",
-                f"{100 * value:.1f}" if value is not None else "–",
-                *["–"] * (len(cols) - 1),
-            ]
-        )
-    return header, rows
+def _delta(c: dict[str, Any] | None) -> str:
+    """``+3.1 [+0.4, +5.9], p = 0.010``: a paired difference in points, its interval and p."""
+    if not c:
+        return "–"
+    return f"{_pts(c['diff'])} [{_pts(c['lo'])}, {_pts(c['hi'])}], {_p_phrase(c['p'])}"
 
 
-def markdown_table(results: dict[str, Any]) -> str:
-    header, rows = results_table(results)
+def _md(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines)
 
 
-def verdict(results: dict[str, Any]) -> str:
-    m = results["methods"]
-    if "grpo" not in m or "ivr" not in m:
-        return "Only some methods ran; no comparison."
-    g, i = m["grpo"], m["ivr"]
-    diff = i["accuracy"] - g["accuracy"]
-    spread = max(g.get("accuracy_std", 0.0), i.get("accuracy_std", 0.0))
-    n = len(results.get("seeds", []))
-    if abs(diff) <= spread:
-        head = (
-            f"IVR-R1 and GRPO are within seed noise here: {100 * i['accuracy']:.1f} vs "
-            f"{100 * g['accuracy']:.1f} held-out accuracy (difference {100 * diff:+.1f} points, "
-            f"seed spread {100 * spread:.1f}, {n} seeds)."
-        )
-    elif diff > 0:
-        head = (
-            f"IVR-R1 beats GRPO here: {100 * i['accuracy']:.1f} vs {100 * g['accuracy']:.1f} held-out "
-            f"accuracy ({100 * diff:+.1f} points; seed spread {100 * spread:.1f}, {n} seeds)."
-        )
-    else:
-        head = (
-            f"IVR-R1 does NOT beat GRPO here: {100 * i['accuracy']:.1f} vs {100 * g['accuracy']:.1f} "
-            f"held-out accuracy ({100 * diff:+.1f} points; seed spread {100 * spread:.1f}, {n} seeds)."
-        )
-    sft = m.get("sft", {}).get("accuracy")
-    if sft is not None:
-        best = max(g["accuracy"], i["accuracy"])
-        if best <= sft:
-            head += (
-                f" Neither RL method improves on the SFT cold start ({100 * sft:.1f}) within this "
-                "budget of steps."
-            )
-        else:
-            head += f" SFT cold start: {100 * sft:.1f}."
-    rect = i.get("rectification")
-    if rect:
-        head += (
-            f" The re-reasoning loop accepted {100 * rect['success_rate']:.0f}% of the critiqued "
-            f"failures (per round: {', '.join(f'{x:.0f}' for x in rect['accepted_per_round'])})."
-        )
-    if "desc_exact" in g and "desc_exact" in i:
-        head += (
-            f" Description exactness (grounding): GRPO {100 * g['desc_exact']:.1f}, "
-            f"IVR-R1 {100 * i['desc_exact']:.1f}."
-        )
-    return head
-
-
-_METHOD_RUN = re.compile(r"^(grpo|ivr)(_k\d+)?_s\d+$")  # not the localization ablation's runs
-
-
-def _curves(out: Path) -> str | None:
-    runs = sorted(
-        p
-        for p in (out / "rl").glob("*")
-        if _METHOD_RUN.match(p.name) and (p / "metrics.jsonl").is_file()
+def _html_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    return (
+        "<table><tr>"
+        + "".join(f"<th>{_esc(h)}</th>" for h in header)
+        + "</tr>"
+        + "".join("<tr>" + "".join(f"<td>{_esc(c)}</td>" for c in r) + "</tr>" for r in rows)
+        + "</table>"
     )
-    if not runs:
+
+
+def _join(items: Sequence[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+# ------------------------------------------------------------------------------ results access
+def _methods(results: dict[str, Any]) -> dict[str, Any]:
+    return results.get("methods") or {}
+
+
+def _label(results: dict[str, Any], key: str) -> str:
+    return _methods(results).get(key, {}).get("label") or LABELS.get(key, key)
+
+
+def _cell(results: dict[str, Any], method: str, set_name: str, metric: str) -> dict | None:
+    return (_methods(results).get(method, {}).get(set_name) or {}).get(metric)
+
+
+def _train(results: dict[str, Any], method: str) -> dict[str, dict[str, Any]]:
+    return _methods(results).get(method, {}).get("train") or {}
+
+
+def _train_mean(results: dict[str, Any], method: str, key: str) -> float | None:
+    vals = [t[key] for t in _train(results, method).values() if t.get(key) is not None]
+    return float(np.mean(vals)) if vals else None
+
+
+def _present(results: dict[str, Any]) -> list[str]:
+    m = _methods(results)
+    return [k for k in ORDER if k in m] + sorted(k for k in m if k not in ORDER)
+
+
+# ------------------------------------------------------------------------------ tables
+HEADLINE = [
+    "method",
+    "greedy acc A [95% CI]",
+    "sampled acc A [95% CI]",
+    "greedy acc B [95% CI]",
+    "attr fidelity A",
+    "self-consistency A",
+    "all-fail groups (train)",
+    "step time vs GRPO",
+    "seeds",
+]
+
+
+def _headline_rows(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """The headline table: one row per method; accuracies in percent with bootstrap intervals."""
+    grpo_step = _train_mean(results, "grpo", "time_per_step")
+    rows = []
+    for key in _present(results):
+        entry = _methods(results)[key]
+        step = _train_mean(results, key, "time_per_step")
+        ratio = f"{step / grpo_step:.2f}×" if step is not None and grpo_step else "–"
+        attr = _cell(results, key, "A", "greedy/attr")
+        cons = _cell(results, key, "A", "greedy/consistent")
+        rows.append(
+            [
+                _label(results, key),
+                _ci(_cell(results, key, "A", "greedy/correct")),
+                _ci(_cell(results, key, "A", "sampled/correct")),
+                _ci(_cell(results, key, "B", "greedy/correct")),
+                _pct(attr["mean"]) if attr else "–",
+                _pct(cons["mean"]) if cons else "–",
+                _pct(_train_mean(results, key, "all_fail_share")),
+                ratio,
+                str(len(entry.get("runs", []))) if key != "sft" else "–",
+            ]
+        )
+    return HEADLINE, rows
+
+
+def markdown_table(results: dict[str, Any]) -> str:
+    """The README headline table (markdown)."""
+    return _md(*_headline_rows(results))
+
+
+COMPARISON_HEADER = [
+    "comparison",
+    "Δ greedy A [95% CI], p",
+    "Δ greedy B [95% CI], p",
+    "Δ sampled A [95% CI], p",
+    "Δ attr A [95% CI], p",
+    "seed pairs",
+]
+
+
+def _comparison_rows(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """One row per comparison ``a vs b``: Δ = a − b in points, pooled over seeds."""
+    rows = []
+    for key, cmp in (results.get("comparisons") or {}).items():
+        a, b = key.split(" vs ")
+        cmp = cmp or {}
+        seeds = {c.get("n_seeds") for c in cmp.values() if c}
+        rows.append(
+            [
+                f"{_label(results, a)} vs {_label(results, b)}",
+                _delta(cmp.get("A/greedy/correct")),
+                _delta(cmp.get("B/greedy/correct")),
+                _delta(cmp.get("A/sampled/correct")),
+                _delta(cmp.get("A/greedy/attr")),
+                "/".join(str(s) for s in sorted(x for x in seeds if x is not None)) or "–",
+            ]
+        )
+    return COMPARISON_HEADER, rows
+
+
+def comparisons_table(results: dict[str, Any]) -> str:
+    """The paired comparisons (markdown): Δ in points with its 95% interval and p."""
+    return _md(*_comparison_rows(results))
+
+
+# ------------------------------------------------------------------------------ verdict
+def _seed_std(cell: dict[str, Any] | None) -> float:
+    per_seed = (cell or {}).get("per_seed") or []
+    return float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else 0.0
+
+
+def _compare_sentences(results: dict[str, Any], a: str, b: str, *, yes: str, no: str) -> list[str]:
+    """Does ``a`` beat ``b``? Yes iff greedy accuracy has Δ > 0 and p < ALPHA on every held-out
+    set; the sentences give the numbers either way."""
+    la, lb = _label(results, a), _OBJECT.get(b, _label(results, b))
+    methods = _methods(results)
+    if a not in methods or b not in methods:
+        return [f"{la} and {lb} were not both run, so there is no comparison."]
+    cmp = (results.get("comparisons") or {}).get(f"{a} vs {b}") or {}
+    parts, sig_pos, sig_neg, untested = [], [], [], []
+    for s in SETS:
+        ca = _cell(results, a, s, "greedy/correct")
+        cb = _cell(results, b, s, "greedy/correct")
+        c = cmp.get(f"{s}/greedy/correct")
+        means = f"{_pct(ca['mean'])} vs {_pct(cb['mean'])}" if ca and cb else "not evaluated"
+        if not c:
+            untested.append(s)
+            why = "fewer than two seed pairs" if f"{s}/greedy/correct" in cmp else "not compared"
+            parts.append(f"{s} {means} (no paired test: {why})")
+            continue
+        parts.append(
+            f"{s} {means} (Δ {_pts(c['diff'])} points, 95% CI [{_pts(c['lo'])}, "
+            f"{_pts(c['hi'])}], {_p_phrase(c['p'])})"
+        )
+        if c["p"] < ALPHA and c["diff"] > 0:
+            sig_pos.append(s)
+        elif c["p"] < ALPHA and c["diff"] < 0:
+            sig_neg.append(s)
+    win = len(sig_pos) == len(SETS)
+    head = (
+        f"{la} {yes} {lb} on both held-out sets"
+        if win
+        else f"{la} {no} {lb} (that needs a significant gain on both held-out sets)"
+    )
+    out = [f"{head}: greedy accuracy {'; '.join(parts)}."]
+    if sig_pos and not win:
+        out.append(f"The gain is significant (p < {ALPHA:g}) on {_join(sig_pos)} only.")
+    if sig_neg:
+        out.append(f"{lb[0].upper() + lb[1:]} is significantly better on {_join(sig_neg)}.")
+    if not sig_pos and not sig_neg and not untested:
+        out.append(f"No difference is significant at p < {ALPHA:g}.")
+    for s in sig_pos:
+        spread = max(
+            _seed_std(_cell(results, a, s, "greedy/correct")),
+            _seed_std(_cell(results, b, s, "greedy/correct")),
+        )
+        diff = cmp[f"{s}/greedy/correct"]["diff"]
+        if diff < spread:
+            out.append(
+                f"On {s} the gain ({_pts(diff)} points) is smaller than the seed-to-seed std "
+                f"({100 * spread:.1f} points): within what a re-run can produce."
+            )
+    return out
+
+
+#: The verdict's comparisons (a, b, verb if a wins, verb if not); the first is always stated.
+VERDICT_PAIRS = (
+    ("ivr", "grpo", "beats", "does not beat"),
+    ("ivr", "resample", "beats", "does not beat"),
+    ("grpo", "sft", "improves on", "does not improve on"),
+    ("ivr", "sft", "improves on", "does not improve on"),
+)
+
+
+def _verdict_paragraphs(results: dict[str, Any]) -> list[str]:
+    """One paragraph per comparison: IVR-R1 vs GRPO, vs the resample control, RL vs SFT."""
+    methods = _methods(results)
+    return [
+        " ".join(_compare_sentences(results, a, b, yes=yes, no=no))
+        for i, (a, b, yes, no) in enumerate(VERDICT_PAIRS)
+        if i == 0 or (a in methods and b in methods)
+    ]
+
+
+def verdict(results: dict[str, Any]) -> str:
+    """Plain sentences, each following from the paired comparisons: a method beats another iff
+    its greedy accuracy is higher with p < 0.05 on BOTH held-out sets (A and B)."""
+    return " ".join(_verdict_paragraphs(results))
+
+
+# ------------------------------------------------------------------------------ run files
+def _jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+def _curve_value(row: dict[str, Any], key: str) -> float | None:
+    if key == "all_fail":
+        solved = row.get("reward/group_solved")
+        return None if solved is None else 1.0 - solved
+    return row.get(key)
+
+
+def _curves(out: Path, results: dict[str, Any]) -> str | None:
+    """Training curves per method: the mean over seeds at each step, the seeds' range shaded."""
+    series: dict[str, list[list[dict[str, Any]]]] = {}
+    for key in _present(results):
+        runs = [_jsonl(out / "rl" / r / "metrics.jsonl") for r in _train(results, key)]
+        if any(runs):
+            series[key] = [r for r in runs if r]
+    if not series:
         return None
     fig, axes = plt.subplots(1, len(CURVES), figsize=(4 * len(CURVES), 3))
-    for run in runs:
-        rows = [
-            json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()
-        ]
-        colour = "tab:orange" if run.name.startswith("ivr") else "tab:blue"
-        style = "-" if "_k" not in run.name else ":"
-        for ax, (key, title) in zip(axes, CURVES):
-            xs = [r["step"] for r in rows if r.get(key) is not None]
-            ys = [r[key] for r in rows if r.get(key) is not None]
-            if xs:
-                ax.plot(xs, ys, style, color=colour, alpha=0.7, label=run.name)
-            ax.set_title(title, fontsize=9)
-            ax.set_xlabel("step", fontsize=8)
+    for key, runs in series.items():
+        for ax, (metric, _) in zip(axes, CURVES):
+            by_step: dict[int, list[float]] = {}
+            for rows in runs:
+                for r in rows:
+                    v = _curve_value(r, metric)
+                    if v is not None:
+                        by_step.setdefault(int(r["step"]), []).append(float(v))
+            if not by_step:
+                continue
+            xs = sorted(by_step)
+            colour = COLOURS.get(key)
+            ax.plot(
+                xs,
+                [np.mean(by_step[x]) for x in xs],
+                color=colour,
+                label=f"{_label(results, key)} ({len(runs)})",
+            )
+            if len(runs) > 1:
+                lo = [min(by_step[x]) for x in xs]
+                hi = [max(by_step[x]) for x in xs]
+                ax.fill_between(xs, lo, hi, color=colour, alpha=0.15, linewidth=0)
+    for ax, (_, title) in zip(axes, CURVES):
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
     axes[0].legend(fontsize=6)
     return _png(fig)
 
 
-def _rereason_plot(ablations: dict[str, Any]) -> str | None:
-    rr = ablations.get("rereason")
-    if not rr:
+def _rectification(results: dict[str, Any], method: str) -> dict[str, Any] | None:
+    """A method's rectification statistics summed (counts) or averaged (shares) over its runs."""
+    train = _train(results, method)
+    rects = [t["rectification"] for t in train.values() if t.get("rectification")]
+    if not rects:
         return None
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    for context, res in rr.items():
-        curve = res["accuracy_by_round"]
-        ax.plot(
-            range(len(curve)), [100 * c for c in curve], marker="o", label=f"rectify with {context}"
+    critiqued = sum(r["critiqued"] for r in rects)
+    accepted = sum(r["accepted"] for r in rects)
+    rounds = max(len(r["accepted_per_round"]) for r in rects)
+    per_round = [
+        sum(r["accepted_per_round"][k] for r in rects if k < len(r["accepted_per_round"]))
+        for k in range(rounds)
+    ]
+    generations = sum(r.get("generations", 0.0) for r in rects)
+    before = [t["all_fail_share"] for t in train.values() if "all_fail_share" in t]
+    return {
+        "runs": len(rects),
+        "critiqued": critiqued,
+        "accepted": accepted,
+        "success_rate": accepted / critiqued if critiqued else 0.0,
+        "accepted_per_round": per_round,
+        "generations": generations,
+        "all_fail_before": float(np.mean(before)) if before else None,
+        "all_fail_after": float(np.mean([r["all_fail_after"] for r in rects])),
+    }
+
+
+RECT_HEADER = [
+    "method",
+    "runs",
+    "critiqued",
+    "accepted",
+    "success rate",
+    "accepted per round",
+    "generations",
+    "generations per accepted",
+    "all-fail groups before",
+    "all-fail groups after",
+]
+
+
+def _rectification_rows(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    rows = []
+    for key in RECTIFYING:
+        r = _rectification(results, key)
+        if r is None:
+            continue
+        rows.append(
+            [
+                _label(results, key),
+                str(r["runs"]),
+                f"{r['critiqued']:.0f}",
+                f"{r['accepted']:.0f}",
+                _pct(r["success_rate"]),
+                " / ".join(f"{x:.0f}" for x in r["accepted_per_round"]),
+                f"{r['generations']:.0f}",
+                f"{r['generations'] / r['accepted']:.1f}" if r["accepted"] else "–",
+                _pct(r["all_fail_before"]),
+                _pct(r["all_fail_after"]),
+            ]
         )
-    ax.set_xticks(range(4), ["initial", "round 1", "round 2", "round 3"])
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title("test-time re-reasoning (oracle screen)", fontsize=9)
-    ax.legend(fontsize=8)
+    return RECT_HEADER, rows
+
+
+def _acceptance_plot(results: dict[str, Any]) -> str | None:
+    """Share of critiqued failures accepted at each round, per rectifying method."""
+    stats = {k: r for k in RECTIFYING if (r := _rectification(results, k)) is not None}
+    if not stats:
+        return None
+    rounds = max(len(r["accepted_per_round"]) for r in stats.values())
+    width = 0.8 / len(stats)
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    for i, (key, r) in enumerate(stats.items()):
+        shares = [
+            100 * x / r["critiqued"] if r["critiqued"] else 0.0 for x in r["accepted_per_round"]
+        ]
+        xs = [k + i * width for k in range(len(shares))]
+        ax.bar(xs, shares, width, color=COLOURS.get(key), label=_label(results, key))
+    ax.set_xticks(
+        [k + width * (len(stats) - 1) / 2 for k in range(rounds)],
+        [f"round {k + 1}" for k in range(rounds)],
+    )
+    ax.set_ylabel("% of critiqued failures accepted")
+    ax.set_title("acceptance per round (training)", fontsize=9)
+    ax.legend(fontsize=7)
     return _png(fig)
 
 
-def _inspector(out: Path, data: Path | None, limit: int = 12) -> str:
-    runs = sorted((out / "rl").glob("ivr_s*")) if (out / "rl").is_dir() else []
-    traces_file = next((r / "traces.jsonl" for r in runs if (r / "traces.jsonl").is_file()), None)
+def _coldstart(results: dict[str, Any]) -> str:
+    cs = results.get("coldstart") or {}
+    e = _esc
+    facts = [
+        f"source: {e(cs.get('source', 'unknown'))}",
+        *([f"SFT seed: {e(cs['sft_seed'])}"] if "sft_seed" in cs else []),
+    ]
+    mined = cs.get("stage1_mined")
+    if not mined:
+        return "<p>" + "; ".join(facts) + ". No mining statistics were recorded.</p>"
+    facts += [
+        f"the stage-1 model answered {e(mined.get('prompts', '?'))} training prompts "
+        f"({e(mined.get('samples', '?'))} samples at T = 1)",
+        f"sampled accuracy {_pct(mined.get('sampled_accuracy'))}%",
+        f"all-fail prompts {_pct(mined.get('all_fail_share'))}%",
+    ]
+    kinds = mined.get("failure_kinds") or {}
+    rows = [[k, _pct(v)] for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])]
+    table = _html_table(["failure kind", "% of failures"], rows) if rows else ""
+    return "<ul>" + "".join(f"<li>{f}</li>" for f in facts) + "</ul>" + table
+
+
+def _timings(results: dict[str, Any]) -> str:
+    parts = []
+    phases = results.get("timings_s") or {}
+    if phases:
+        rows = [[k, f"{v:.1f}"] for k, v in phases.items()]
+        if results.get("total_s") is not None:
+            rows.append(["total", f"{results['total_s']:.1f}"])
+        parts.append(_html_table(["phase", "seconds"], rows))
+    grpo_step = _train_mean(results, "grpo", "time_per_step")
+    rows = []
+    for key in _present(results):
+        step = _train_mean(results, key, "time_per_step")
+        if step is None:
+            continue
+        rows.append(
+            [
+                _label(results, key),
+                f"{step:.2f}",
+                f"{step / grpo_step:.2f}×" if grpo_step else "–",
+                ", ".join(
+                    f"{r}: {t['time_per_step']:.2f}"
+                    for r, t in _train(results, key).items()
+                    if t.get("time_per_step") is not None
+                ),
+            ]
+        )
+    if rows:
+        parts.append(_html_table(["method", "s / RL step (mean)", "vs GRPO", "per run"], rows))
+    return "".join(parts)
+
+
+def _trace_run(out: Path, results: dict[str, Any]) -> Path | None:
+    """The first run with rectification traces: IVR-R1 (image), then its ablation, then resample."""
+    for key in ("ivr", "ivr_desc", "resample"):
+        for run in _train(results, key):
+            if (out / "rl" / run / "traces.jsonl").is_file():
+                return out / "rl" / run / "traces.jsonl"
+    return (
+        next(iter(sorted((out / "rl").glob("*/traces.jsonl"))), None)
+        if (out / "rl").is_dir()
+        else None
+    )
+
+
+def _round_html(r: dict[str, Any]) -> str:
+    e = _esc
+    ok = bool(r.get("accepted"))
+    if "resampled" in r:
+        body = f'<div class="label">resampled</div><pre>{e(r["resampled"])}</pre>'
+    else:
+        body = (
+            f'<div class="label">critique</div><pre>{e(r.get("critique", ""))}</pre>'
+            f'<div class="label">rectification</div><pre>{e(r.get("rectified", ""))}</pre>'
+        )
+    return (
+        f'<div class="round {"ok" if ok else "bad"}"><b>round {e(r.get("round", "?"))}</b> '
+        f"(reward {r.get('reward', 0.0):.2f}, {'accepted' if ok else 'rejected'}){body}</div>"
+    )
+
+
+def _inspector(out: Path, results: dict[str, Any], data: Path | None, limit: int = 12) -> str:
+    traces_file = _trace_run(out, results)
     if traces_file is None:
-        return "<p>No IVR traces were recorded.</p>"
+        return "<p>No rectification traces were recorded.</p>"
     images: dict[str, Path] = {}
-    if data is not None and (data / "train.jsonl").is_file():
-        for line in (data / "train.jsonl").read_text().splitlines():
-            row = json.loads(line)
+    if data is not None:
+        for row in _jsonl(data / "train.jsonl"):
             if row.get("image"):
                 images[str(row["id"])] = data / row["image"]
-    traces = [json.loads(x) for x in traces_file.read_text().splitlines() if x.strip()]
-    accepted = [t for t in traces if t["accepted"]]
-    rejected = [t for t in traces if not t["accepted"]]
+    traces = _jsonl(traces_file)
+    accepted = [t for t in traces if t.get("accepted")]
+    rejected = [t for t in traces if not t.get("accepted")]
     chosen = accepted[: limit // 2] + rejected[: limit - min(len(accepted), limit // 2)]
     cards = []
     e = _esc
     for t in chosen:
-        img = images.get(str(t["id"]))
+        img = images.get(str(t.get("id")))
         img_html = (
-            f'<img class="scene" src="{_img_file(img)}" alt="scene {e(str(t["id"]))}">'
+            f'<img class="scene" src="{_img_file(img)}" alt="scene {e(t.get("id"))}">'
             if img and img.is_file()
             else ""
         )
-        rounds = "".join(
-            f'<div class="round {"ok" if r["accepted"] else "bad"}"><b>round {r["round"]}</b> '
-            f"(reward {r['reward']:.2f}, {'accepted' if r['accepted'] else 'rejected'})"
-            f'<div class="label">critique</div><pre>{e(r["critique"])}</pre>'
-            f'<div class="label">rectification</div><pre>{e(r["rectified"])}</pre></div>'
-            for r in t["rounds"]
-        )
+        ok = bool(t.get("accepted"))
         cards.append(
-            f'<div class="card {"ok" if t["accepted"] else "bad"}"><div class="head">{img_html}<div>'
-            f"<b>step {t.get('step', '?')}</b> · id {e(str(t['id']))}<br>{e(t['question'])}<br>"
-            f"gold: <code>{e(str(t['answer']))}</code> · {'ACCEPTED' if t['accepted'] else 'not accepted'}"
-            f'</div></div><div class="label">original (reward {t["original_reward"]:.2f})</div>'
-            f"<pre>{e(t['original'])}</pre>{rounds}</div>"
+            f'<div class="card {"ok" if ok else "bad"}"><div class="head">{img_html}<div>'
+            f"<b>step {e(t.get('step', '?'))}</b> · id {e(t.get('id'))}<br>"
+            f"{e(t.get('question', ''))}<br>gold: <code>{e(t.get('answer', ''))}</code> · "
+            f"{'ACCEPTED' if ok else 'not accepted'}</div></div>"
+            f'<div class="label">original (reward {t.get("original_reward", 0.0):.2f})</div>'
+            f"<pre>{e(t.get('original', ''))}</pre>"
+            + "".join(_round_html(r) for r in t.get("rounds", []))
+            + "</div>"
         )
     return (
-        f"<p>{len(traces)} critiqued failures in {e(traces_file.parent.name)}; "
+        f"<p>{len(traces)} failure{'' if len(traces) == 1 else 's'} handled in "
+        f"{e(traces_file.parent.name)}; "
         f"{len(accepted)} accepted. Showing {len(chosen)}.</p>" + "".join(cards)
     )
 
@@ -235,74 +595,75 @@ def _inspector(out: Path, data: Path | None, limit: int = 12) -> str:
 CSS = """
 body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;color:#222}
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 10px;text-align:right}
-td:first-child,th:first-child{text-align:left}.verdict{background:#f4f4f8;padding:1em;border-left:4px solid #557}
+td{white-space:nowrap;font-size:13px}td:first-child,th:first-child{text-align:left;white-space:normal}.verdict{background:#f4f4f8;padding:.2em 1em;border-left:4px solid #557}
 .card{border:1px solid #ddd;margin:1em 0;padding:.6em}.card.ok{border-left:4px solid #2a2}.card.bad{border-left:4px solid #c33}
 .head{display:flex;gap:1em;align-items:flex-start}.scene{width:112px;height:112px;image-rendering:pixelated;border:1px solid #999}
 pre{white-space:pre-wrap;background:#fafafa;padding:.4em;margin:.2em 0;font-size:12px}.label{font-size:11px;color:#666}
 .round{margin-left:1em;padding-left:.5em;border-left:2px solid #ccc}.round.ok{border-color:#2a2}
+.note{font-size:13px;color:#555}
 """
 
 
 def write_report(
     out: str | Path, results: dict[str, Any], *, data: str | Path | None = None
 ) -> Path:
+    """Write ``out/report.html`` for ``results`` (demo's results.json) and the runs under out/rl.
+
+    ``data`` is the training world (its train.jsonl and images feed the rollout inspector)."""
     out = Path(out)
-    data = Path(data) if data else None
+    data = Path(data) if data else (out / "world" if (out / "world").is_dir() else None)
     e = _esc
-    header, rows = results_table(results)
-    table = (
-        "<table><tr>"
-        + "".join(f"<th>{e(h)}</th>" for h in header)
-        + "</tr>"
-        + "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in rows)
-        + "</table>"
-    )
+    sets = results.get("sets") or {}
+    sizes = ", ".join(f"{s}: {e(v.get('n', '?'))} items" for s, v in sets.items())
     parts = [
-        f"<h1>IVR-R1 demo — profile {e(str(results.get('profile')))}</h1>",
-        f"<p>Seeds: {results.get('seeds')}. Held-out split of the synthetic world; accuracy in %, "
-        "mean ± std over RL seeds. desc_exact / desc_f1: how faithfully the model's own &lt;desc&gt; "
-        "matches the true scene (visual grounding).</p>",
+        f"<h1>IVR-R1 demo — profile {e(results.get('profile'))}</h1>",
+        f"<p>RL seeds: {e(results.get('seeds'))}; {e(results.get('rl_steps', '?'))} RL steps per "
+        f"run; held-out sets {sizes or '?'} (A: unseen items of the training world, B: a world "
+        "seed never used in development).</p>",
+        "<h2>Verdict</h2>",
+        '<div class="verdict" id="verdict">'
+        + "".join(f"<p>{e(s)}</p>" for s in _verdict_paragraphs(results))
+        + "</div>",
+        f'<p class="note">A method beats another when its greedy accuracy is higher with '
+        f"p &lt; {ALPHA:g} on both held-out sets.</p>",
         "<h2>Results</h2>",
-        table,
-        f'<p class="verdict" id="verdict">{e(verdict(results))}</p>',
+        _html_table(*_headline_rows(results)),
+        '<p class="note">Accuracy in %, mean over RL seeds of per-item scores, with a percentile '
+        "bootstrap 95% interval over items. Sampled: mean of k answers at T = 1. Attribute "
+        "fidelity: the model's own &lt;desc&gt; is right about what the question depends on; "
+        "self-consistency: the answer follows from that &lt;desc&gt;. All-fail groups: share of "
+        "training groups where no sample was correct (mean over runs). Step time: mean seconds "
+        "per RL step relative to GRPO.</p>",
+        "<h2>Paired comparisons</h2>",
+        _html_table(*_comparison_rows(results)),
+        '<p class="note">Δ = first − second, in points: per-item differences averaged over the '
+        "paired seeds, a bootstrap 95% interval over items and a sign test on those per-item "
+        "means. p-values are not corrected for multiple comparisons.</p>",
+        "<h2>Cold start</h2>",
+        _coldstart(results),
     ]
-    curves = _curves(out)
+    curves = _curves(out, results)
     if curves:
         parts += [
             "<h2>Training curves</h2>",
             f'<img src="{curves}" alt="training curves" style="max-width:100%">',
+            '<p class="note">Mean over seeds per step; shaded: the range over seeds.</p>',
         ]
-    abl = results.get("ablations") or {}
-    if abl:
-        parts.append("<h2>Ablations</h2>")
-        if "k" in abl:
-            parts.append(
-                "<h3>Rectified traces per group (k)</h3><table><tr><th>k</th><th>accuracy</th>"
-                "<th>desc_exact</th></tr>"
-                + "".join(
-                    f"<tr><td>{e(k)}</td><td>{100 * v.get('accuracy', 0):.1f}</td>"
-                    f"<td>{100 * v.get('desc_exact', 0):.1f}</td></tr>"
-                    for k, v in sorted(abl["k"].items())
-                )
-                + "</table>"
-            )
-        plot = _rereason_plot(abl)
+    plot = _acceptance_plot(results)
+    header, rows = _rectification_rows(results)
+    if rows:
+        parts += ["<h2>Rectification</h2>", _html_table(header, rows)]
         if plot:
-            parts += [
-                "<h3>Re-reasoning with the image vs a description (paper Fig. 5)</h3>",
-                f'<img src="{plot}" alt="re-reasoning rounds">',
-            ]
-        if "localization" in abl:
-            parts.append(
-                "<h3>Vision-R1 localization</h3><pre>"
-                + e(json.dumps(abl["localization"], indent=1))
-                + "</pre>"
-            )
-    parts += ["<h2>Rollout inspector</h2>", _inspector(out, data)]
-    if results.get("timings_s"):
+            parts.append(f'<img src="{plot}" alt="acceptance per round">')
         parts.append(
-            "<h2>Timings</h2><pre>" + e(json.dumps(results["timings_s"], indent=1)) + "</pre>"
+            '<p class="note">Counts summed over runs; the success rate is accepted / critiqued. '
+            "All-fail groups before: sampled groups with no correct answer; after: the same "
+            "groups once accepted traces are mixed in.</p>"
         )
+    parts += ["<h2>Rollout inspector</h2>", _inspector(out, results, data)]
+    timings = _timings(results)
+    if timings:
+        parts += ["<h2>Timings</h2>", timings]
     page = (
         f"<!doctype html><html><head><meta charset='utf-8'><title>IVR-R1 demo report</title>"
         f"<style>{CSS}</style></head><body>{''.join(parts)}</body></html>"
@@ -310,3 +671,6 @@ def write_report(
     path = out / "report.html"
     path.write_text(page)
     return path
+
+
+__all__ = ["comparisons_table", "markdown_table", "verdict", "write_report"]
