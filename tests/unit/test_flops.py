@@ -5,6 +5,8 @@ Convention: 1 multiply-add = 2 FLOPs; training = 3 × forward; attention is caus
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -20,6 +22,7 @@ from ivr.models.flops import (
     training_flops,
     vision_forward_flops,
 )
+from ivr.models.kv_cache import CACHE_KWARGS, cache_kwarg, output_cache
 
 # A 2-layer toy: h = 8, I = 16, a = 2 heads, g = 1 kv head, d = 4, vocab 10.
 TOY = TextDims(hidden=8, intermediate=16, layers=2, heads=2, kv_heads=1, head_dim=4, vocab=10)
@@ -210,7 +213,7 @@ def test_counter_charges_forwards_by_phase(toy_vlm: torch.nn.Module) -> None:
         with torch.no_grad():
             out = toy_vlm(input_ids=ids, use_cache=True)  # prefill: 3 rows × 5 tokens
             with counter.charging("decode"):  # 1 token per row over the 5 cached ones
-                toy_vlm(input_ids=ids[:, :1], past_key_values=out.past_key_values)
+                toy_vlm(input_ids=ids[:, :1], **{cache_kwarg(toy_vlm): output_cache(out)})
         with counter.charging("train"):
             toy_vlm(input_ids=ids, logits_to_keep=2)  # with grad: × 3, logits for 2 positions
     assert counter.flops["other"] == text_forward_flops(d, 5, rows=3)
@@ -219,6 +222,23 @@ def test_counter_charges_forwards_by_phase(toy_vlm: torch.nn.Module) -> None:
     # hooks are gone after the block
     toy_vlm(input_ids=ids)
     assert set(counter.flops) == {"other", "decode", "train"}
+
+
+@pytest.mark.parametrize("keyword", CACHE_KWARGS)
+def test_counter_reads_the_cache_under_either_keyword(toy_vlm: torch.nn.Module, keyword) -> None:
+    """transformers 5.24 hands the language model ``cache=``, older 5.x ``past_key_values=``;
+    the counter charges attention over the cached tokens for both (the language model is
+    called directly so that the name reaches the hook as written, on any version; the name
+    the installed version deprecates is allowed its warning here)."""
+    d = TextDims.from_config(toy_vlm.config)
+    lm = toy_vlm.model.language_model
+    ids = torch.randint(0, 50, (3, 5))
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        cache = output_cache(lm(input_ids=ids, use_cache=True))
+        with FlopCounter(toy_vlm) as counter:
+            lm(input_ids=ids[:, :1], **{keyword: cache}, use_cache=True)
+    assert counter.flops["other"] == text_forward_flops(d, 1, past=5, logits=0, rows=3)
 
 
 def test_counter_charges_the_vision_tower(toy_vlm: torch.nn.Module) -> None:

@@ -44,6 +44,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ivr.models.kv_cache import input_cache
+
 __all__ = [
     "H200_BF16_TFLOPS",
     "QWEN2_5_VL_7B",
@@ -295,7 +297,7 @@ class FlopCounter:
             x = kwargs.get("input_ids", args[0] if args else None)
         if x is None:
             return
-        cache = kwargs.get("past_key_values")
+        cache = input_cache(kwargs)  # cache= from transformers 5.24 on, past_key_values= before
         past = int(cache.get_seq_length()) if cache is not None else 0
         rows, tokens = int(x.shape[0]), int(x.shape[1])
         self._add(text_forward_flops(self.text, tokens, past=past, logits=0, rows=rows))

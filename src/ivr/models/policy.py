@@ -51,6 +51,7 @@ from transformers import (
 )
 
 from ivr.data.images import load_image
+from ivr.models.kv_cache import cache_kwarg, output_cache
 from ivr.models.logprobs import token_logprobs
 from ivr.models.processor import IMAGE_ONLY_PROCESSORS, register_image_only_processors
 from ivr.types import Generation, Message, Prompt
@@ -415,7 +416,7 @@ class Policy:
         """
         dev = self.device
         positions, out = self._prefill(batch, rope_index)
-        cache = out.past_key_values
+        cache, cache_kw = output_cache(out), cache_kwarg(self.model)  # cache= from 5.24 on
         rows = torch.arange(batch["input_ids"].shape[0], device=dev).repeat_interleave(copies)
         if copies > 1:
             cache.batch_select_indices(rows)
@@ -441,7 +442,7 @@ class Policy:
                 input_ids=token[:, None],
                 attention_mask=mask[:, : P + t + 1],
                 position_ids=pos,
-                past_key_values=cache,
+                **{cache_kw: cache},
                 use_cache=True,
                 logits_to_keep=1,
             )
@@ -621,7 +622,7 @@ class Policy:
            to text after the last image. The prompt's last logit predicts completion token 0.
         """
         positions, out_p = self._prefill(batch, rope_index)
-        cache = out_p.past_key_values
+        cache = output_cache(out_p)
         cache.batch_select_indices(inv)
         T = comp.shape[1]
         start = positions.amax(dim=(0, 2)) + 1  # [U] next text position after each prompt
@@ -632,7 +633,7 @@ class Policy:
             input_ids=comp,
             attention_mask=mask,
             position_ids=pos,
-            past_key_values=cache,
+            **{cache_kwarg(self.model): cache},
             use_cache=True,
             logits_to_keep=T,
         )
