@@ -1,18 +1,23 @@
-"""``ivr demo``: the whole method, end to end, on a laptop CPU with nothing downloaded.
+"""``ivr demo``: IVR-R1 against GRPO and the controls that could beat it, with honest statistics,
+on a laptop CPU with nothing downloaded (issue 16).
 
-    world      render the synthetic visual-reasoning world (train / held-out)     data/synth.py
-    base       a tiny Qwen2.5-VL, random weights, tokenizer trained on the world   models/tiny.py
-    sft        cold start: answers + critique + rectification demonstrations      sft.py
-    rl         from the SAME SFT checkpoint, plain GRPO and IVR-R1, same budget    rl/trainer.py
-               of steps and samples, for each seed (2 jobs at a time, 1 thread each)
-    ablations  (--ablations) IVR k ∈ {1, 4}; test-time re-reasoning with the image vs a description
-               (paper Fig. 5); Vision-R1 localization with staged thresholds on vs off
-    eval       zero-shot, SFT, GRPO, IVR-R1 on the held-out split: accuracy per task, format,
-               description fidelity (the quantity IVR-R1 claims to protect)
-    report     results.json + report.html (tables, curves, ablations, rollout inspector)
+    world       digit-sum scenes ("What is the sum of the digits inside the blue shapes?"):
+                train + held-out A (seed 0), held-out B (a world seed never used in development),
+                a dev set (seed 2) for anything looked at while building             data/synth.py
+    cold start  the shipped checkpoint (built by ``--from-scratch``): a tiny Qwen2.5-VL whose
+                vision tower reads digits; stage 1 answers, stage 2 critiques and rectifications
+                of its OWN failures with the true diagnosis                           coldstart.py
+    rl          from that ONE checkpoint, per seed: GRPO · resample control · IVR-R1 (image)
+                · IVR-R1 (own description, ablation seeds) · Vision-SR1 (if the profile asks)
+                                                                                      rl/trainer.py
+    eval        every model on A and B: greedy and k sampled answers per item, grounding
+                (attribute fidelity of `<desc>`, self-consistency)                    eval/protocol.py
+    stats       paired comparisons pooled over seeds (sign test on per-item means, bootstrap
+                95% intervals): IVR-R1 vs GRPO, vs resample, RL vs SFT               eval/stats.py
+    report      results.json + report.html
 
-Every phase writes its outputs under ``--out`` and is skipped when they exist, so an interrupted
-demo picks up where it stopped (and each training job resumes from its own last checkpoint).
+Every phase writes its outputs under ``--out`` and is skipped when they exist; training jobs
+resume from their own last checkpoint. Two jobs run at a time, one torch thread each.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -30,52 +36,105 @@ from typing import Any
 
 import numpy as np
 
-#: Workload per profile. "default" fits ~15 minutes on 2 CPU cores; "smoke" is the test's.
+#: The shipped cold start (``--from-scratch`` rebuilds it; docs/demo.md says how it was made).
+ASSET = Path(__file__).parent / "assets" / "coldstart_arith1"
+
+#: Methods: label and the config overrides that make them (all from the same trainer).
+METHODS: dict[str, tuple[str, dict[str, Any]]] = {
+    "grpo": ("GRPO", {}),
+    "resample": (
+        "Resample control",
+        {"ivr.enabled": True, "ivr.strategy": "resample"},
+    ),
+    "ivr": ("IVR-R1 (image)", {"ivr.enabled": True, "ivr.context": "image"}),
+    "ivr_desc": (
+        "IVR-R1 (own description)",
+        {"ivr.enabled": True, "ivr.context": "description"},
+    ),
+    "sr1": ("Vision-SR1 self-reward", {"reward.self_reward_weight": 1.0}),
+}
+
+_COMMON = dict(
+    task="arith",
+    level=1,
+    image_size=112,
+    hidden=128,
+    layers=3,
+    vision_hidden=128,
+    vision_depth=4,
+    sft_batch=32,
+    group=8,
+    max_new_tokens=96,
+    rl_lr=2e-5,
+    k=2,
+    rounds=3,
+    workers=2,
+)
+#: Workload per profile. Times are measured on 2 CPU cores (benchmarks/RESULTS.md).
 PROFILES: dict[str, dict[str, Any]] = {
-    "smoke": dict(
+    "smoke": _COMMON
+    | dict(
+        from_scratch=True,
         n=600,
-        n_test=48,
+        n_test=40,
+        n_dev=40,
         hidden=64,
         layers=2,
-        sft_steps=40,
+        vision_hidden=64,
+        vision_depth=2,
+        sft1_steps=30,
+        mine_prompts=24,
+        mine_samples=4,
+        sft2_steps=10,
         sft_batch=16,
-        rl_steps=3,
+        rl_steps=2,
         prompts_per_step=4,
         group=4,
-        eval_n=48,
-        max_new_tokens=80,
-        loc_n=200,
-        loc_sft_steps=20,
+        eval_n=24,
+        eval_samples=2,
+        max_new_tokens=64,
+        methods=("grpo", "resample", "ivr", "ivr_desc"),
+        seeds=2,
+        ablation_seeds=1,
+        rereason_n=16,
     ),
-    "default": dict(
-        n=10000,
-        n_test=500,
-        hidden=128,
-        layers=3,
-        sft_steps=1200,
-        sft_batch=32,
-        rl_steps=40,
-        prompts_per_step=16,
-        group=8,
-        eval_n=400,
-        max_new_tokens=96,
-        loc_n=3000,
-        loc_sft_steps=600,
-    ),
-    "full": dict(
-        n=20000,
+    "default": _COMMON
+    | dict(
+        from_scratch=False,
+        n=11000,
         n_test=1000,
-        hidden=128,
-        layers=3,
-        sft_steps=3000,
-        sft_batch=32,
-        rl_steps=150,
+        n_dev=500,
+        sft1_steps=1800,
+        mine_prompts=3000,
+        mine_samples=4,
+        sft2_steps=400,
+        rl_steps=60,
         prompts_per_step=16,
-        group=8,
         eval_n=1000,
-        max_new_tokens=96,
-        loc_n=6000,
-        loc_sft_steps=1500,
+        eval_samples=0,
+        methods=("grpo", "resample", "ivr"),
+        seeds=1,
+        ablation_seeds=0,
+        rereason_n=0,
+    ),
+    "full": _COMMON
+    | dict(
+        from_scratch=False,
+        n=11000,
+        n_test=1000,
+        n_dev=500,
+        sft1_steps=1800,
+        mine_prompts=3000,
+        mine_samples=4,
+        sft2_steps=400,
+        rl_steps=120,
+        prompts_per_step=16,
+        eval_n=1000,
+        eval_samples=4,
+        methods=("grpo", "resample", "ivr", "ivr_desc"),
+        seeds=3,
+        ablation_seeds=1,
+        rereason_n=300,
     ),
 }
 
@@ -84,22 +143,43 @@ PROFILES: dict[str, dict[str, Any]] = {
 class Plan:
     out: Path
     profile: str
-    seeds: tuple[int, ...]
-    ablations: bool
-    workers: int
     p: dict[str, Any]
-    rl_lr: float = 2e-5
+    from_scratch: bool
+    sft_seed: int = 0
+
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        return tuple(range(self.p["seeds"]))
+
+    @property
+    def workers(self) -> int:
+        return self.p["workers"]
 
 
 def add_demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="demo_out", help="output directory (resumable)")
     p.add_argument("--profile", default="default", choices=sorted(PROFILES))
-    p.add_argument("--seeds", type=int, default=3, help="RL seeds per method")
-    p.add_argument("--ablations", action="store_true", help="k, image-vs-description, Vision-R1")
-    p.add_argument("--workers", type=int, default=2, help="training/eval jobs run in parallel")
+    p.add_argument("--seeds", type=int, default=None, help="RL seeds per method (profile's)")
+    p.add_argument("--rl-steps", type=int, default=None, help="RL steps per run (profile's)")
+    p.add_argument("--workers", type=int, default=None, help="jobs in parallel (2)")
     p.add_argument(
-        "--rl-lr", type=float, default=2e-5, help="GRPO and IVR-R1 learning rate (DESIGN.md §3)"
+        "--from-scratch",
+        action="store_true",
+        help="rebuild the cold start (two SFT stages, ~35 CPU-min) instead of the shipped one",
     )
+    p.add_argument("--sft-seed", type=int, default=0, help="seed of a --from-scratch cold start")
+    p.add_argument(
+        "--stop-after",
+        choices=("coldstart",),
+        default=None,
+        help="build the cold start and stop (with --from-scratch: then --export it)",
+    )
+    p.add_argument(
+        "--export",
+        action="store_true",
+        help="copy the built cold start into the package as the shipped asset",
+    )
+    p.add_argument("--methods", default=None, help=f"comma list of {','.join(METHODS)} (profile's)")
 
 
 # ------------------------------------------------------------------------------------ jobs
@@ -119,52 +199,66 @@ def _train_job(cfg_dict: dict[str, Any]) -> dict[str, float]:
     return train(config_from_dict(cfg_dict, "demo"))
 
 
-def _eval_job(
-    model_dir: str, data_dir: str, limit: int, max_new_tokens: int, out_json: str
-) -> dict:
+def _eval_job(model_dir: str, data_dir: str, out_json: str, limit: int, samples: int, tokens: int):
     _job_env()
-    from .data.dataset import load_samples
-    from .eval.runner import evaluate_samples
-    from .models.policy import Policy
+    from .eval.protocol import evaluate_heldout
 
-    policy = Policy.from_pretrained(model_dir)
-    samples = load_samples(data_dir, split="test", limit=limit)
-    metrics, records = evaluate_samples(policy, samples, max_new_tokens=max_new_tokens)
-    Path(out_json).write_text(json.dumps({"metrics": metrics, "records": records}))
-    return metrics
+    res = evaluate_heldout(
+        model_dir,
+        data_dir,
+        out_json,
+        limit=limit,
+        samples=samples,
+        max_new_tokens=tokens,
+        progress=False,  # the demo's own bar counts jobs
+    )
+    return res["means"]
 
 
 def _rereason_job(
-    model_dir: str, data_dir: str, limit: int, max_new_tokens: int, context: str, out_json: str
+    model_dir: str, data_dir: str, eval_json: str, limit: int, mode: str, tokens: int, out_json: str
 ) -> dict:
+    """Test-time re-reasoning (paper Fig. 5) from the model's greedy held-out answers, at T = 1:
+    critique + rectify with the image or its own description, or plain resampling (the same two
+    generations per round)."""
     _job_env()
     from .config import IVRConfig
     from .data.dataset import load_samples
     from .data.images import load_image
     from .data.prompts import PromptSet
-    from .eval.runner import evaluate_samples
+    from .eval.protocol import row_prompts
     from .models.policy import Policy
     from .rl.rectify import rereason_eval
     from .rl.scoring import Scorer
 
-    policy = Policy.from_pretrained(model_dir)
-    samples = [
-        s for s in load_samples(data_dir, split="test", limit=limit) if s.answer_type != "boxes"
-    ]
-    _, records = evaluate_samples(policy, samples, max_new_tokens=max_new_tokens)
+    data = Path(data_dir)
+    ev = json.loads(Path(eval_json).read_text())
+    ids, responses = ev["ids"][:limit], ev["responses"][:limit]
+    by_id = {s.id: s for s in load_samples(data, split="test", limit=limit)}
+    rows = {
+        r["id"]: r for r in map(json.loads, (data / "test.jsonl").read_text().splitlines()[:limit])
+    }
+    samples = [by_id[i] for i in ids]
     images = [tuple(load_image(p) for p in s.images) for s in samples]
+    strategy, context = ("resample", "image") if mode == "resample" else ("rectify", mode)
+    cfg = IVRConfig(rounds=3, context=context, strategy=strategy, critique_max_new_tokens=64)
+    policy = Policy.from_pretrained(model_dir)
+    policy.model.eval()
     res = rereason_eval(
         policy.generate,
         samples,
         images,
-        [r["completion"] for r in records],
+        responses,
         Scorer(),
-        IVRConfig(context=context, rounds=3, critique_max_new_tokens=64),
+        cfg,
         PromptSet(),
-        max_new_tokens=max_new_tokens,
+        max_new_tokens=tokens,
+        temperature=1.0,
+        original_prompts=row_prompts([rows[i] for i in ids], data),
     )
+    res["mode"] = mode
     Path(out_json).write_text(json.dumps(res))
-    return res
+    return {"accuracy_by_round": res["accuracy_by_round"], "generations": res["generations"]}
 
 
 def _run_parallel(jobs: list[tuple[str, Callable, tuple]], workers: int, console) -> dict[str, Any]:
@@ -192,79 +286,128 @@ def _run_parallel(jobs: list[tuple[str, Callable, tuple]], workers: int, console
 
 
 # ------------------------------------------------------------------------------------ phases
-def phase_world(plan: Plan, name: str = "data", task: str = "count", n: int | None = None) -> Path:
+def phase_world(plan: Plan, name: str, seed: int, n: int, n_test: int) -> Path:
     from .data.synth import generate_dataset
 
     out = plan.out / name
     if not (out / "meta.json").is_file():
         generate_dataset(
             out,
-            n=n or plan.p["n"],
-            n_test=plan.p["n_test"],
-            seed=0,
-            tasks=[task],
-            levels=[1],
+            n=n,
+            n_test=n_test,
+            seed=seed,
+            tasks=[plan.p["task"]],
+            levels=[plan.p["level"]],
+            image_size=plan.p["image_size"],
+            sft_mix=(1.0, 0.0, 0.0),  # stage 1 answers; stage 2 adds the model's own failures
             overwrite=True,
         )
     return out
 
 
-def phase_base(plan: Plan, data: Path, name: str = "base") -> Path:
-    from .data.dataset import load_sft_rows, sft_texts
+def phase_base(plan: Plan, data: Path, seed: int) -> Path:
+    from .coldstart import tokenizer_corpus
     from .models.tiny import build_tiny_vlm
 
-    out = plan.out / "models" / name
+    out = plan.out / "coldstart" / f"base_s{seed}"
     if not (out / "config.json").is_file():
-        corpus = sft_texts(load_sft_rows(data / "sft.jsonl"))
         build_tiny_vlm(
             out,
             "qwen2_5_vl",
             hidden=plan.p["hidden"],
             layers=plan.p["layers"],
-            seed=0,
-            corpus=corpus,
+            vision_hidden=plan.p["vision_hidden"],
+            vision_depth=plan.p["vision_depth"],
+            seed=seed,
+            corpus=tokenizer_corpus(data),
         )
     return out
 
 
-def phase_sft(
-    plan: Plan, base: Path, data: Path, name: str = "sft", steps: int | None = None
+def _sft(
+    plan: Plan, init: Path, sft_data: Path, dev: Path, out: Path, steps: int, lr: float, warmup: int
 ) -> Path:
     from .config import load_config
     from .sft import run_sft
 
-    out = plan.out / name
     if (out / "final" / "config.json").is_file():
         return out / "final"
     cfg = load_config(
         None,
         [
-            f"model.path={base}",
+            f"model.path={init}",
             "model.device=cpu",
-            f"data.eval={data}",
-            f"sft.data={data}",
-            f"sft.steps={steps or plan.p['sft_steps']}",
+            f"data.eval={dev}",  # the dev world: held-out sets are never looked at while building
+            f"sft.data={sft_data}",
+            f"sft.steps={steps}",
             f"sft.batch_size={plan.p['sft_batch']}",
-            "sft.lr=2e-3",
-            "sft.warmup_steps=50",
+            f"sft.lr={lr}",
+            f"sft.warmup_steps={warmup}",
             "sft.lr_schedule=cosine",
             "sft.eval_every=0",
-            f"sft.eval_limit={min(256, plan.p['eval_n'])}",
-            "sft.save_every=250",
+            f"sft.eval_limit={min(200, plan.p['n_dev'])}",
+            "sft.save_every=300",
             f"rollout.max_new_tokens={plan.p['max_new_tokens']}",
             f"train.output_dir={out}",
+            f"train.seed={plan.sft_seed}",
             "train.threads=1",
             f"train.resume={(out / 'checkpoints').is_dir()}",
             "log.tensorboard=false",
+            "log.progress=false",
         ],
     )
     run_sft(cfg)
     return out / "final"
 
 
-def rl_config(
-    plan: Plan, sft: Path, data: Path, name: str, seed: int, **ivr: Any
-) -> dict[str, Any]:
+def phase_coldstart(plan: Plan, data: Path, dev: Path, console) -> tuple[Path, dict[str, Any]]:
+    """The checkpoint every RL run starts from: the shipped asset, or built here in two stages."""
+    from .coldstart import mine_own_answers, stage2_rows, summarise_mined
+
+    if not plan.from_scratch:
+        if not (ASSET / "config.json").is_file():
+            raise FileNotFoundError(
+                f"the shipped cold start is missing ({ASSET}); run `ivr demo --from-scratch`"
+            )
+        info = json.loads((ASSET / "coldstart.json").read_text())
+        return ASSET, info
+    root = plan.out / "coldstart"
+    s = plan.sft_seed
+    base = phase_base(plan, data, s)
+    console.print("[bold]cold start[/]: stage 1 (answers)")
+    stage1 = _sft(plan, base, data, dev, root / f"sft1_s{s}", plan.p["sft1_steps"], 2e-3, 50)
+    mined_file = root / f"mined_s{s}.jsonl"
+    if not mined_file.is_file():
+        console.print("[bold]cold start[/]: the stage-1 model answers training prompts at T = 1")
+        mined = mine_own_answers(
+            stage1,
+            data,
+            n_prompts=plan.p["mine_prompts"],
+            samples=plan.p["mine_samples"],
+            seed=s,
+            max_new_tokens=plan.p["max_new_tokens"],
+        )
+        tmp = mined_file.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(m) + "\n" for m in mined))
+        tmp.replace(mined_file)
+    mined = [json.loads(x) for x in mined_file.read_text().splitlines() if x.strip()]
+    summary = summarise_mined(mined)
+    stage2_file = root / f"sft2_rows_s{s}.jsonl"
+    if not stage2_file.is_file():
+        rows = stage2_rows(data, mined, seed=s)
+        for r in rows:  # image paths relative to the world's directory
+            r["images"] = [str((data / p).resolve()) for p in r["images"]]
+        stage2_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    console.print("[bold]cold start[/]: stage 2 (own-failure critiques and rectifications)")
+    stage2 = _sft(
+        plan, stage1, stage2_file, dev, root / f"sft2_s{s}", plan.p["sft2_steps"], 5e-4, 20
+    )
+    info = {"source": "built", "sft_seed": s, "stage1_mined": summary, "profile": plan.profile}
+    (root / f"coldstart_s{s}.json").write_text(json.dumps(info, indent=1))
+    return stage2, info
+
+
+def rl_config(plan: Plan, sft: Path, data: Path, name: str, seed: int, method: str) -> dict:
     from .config import load_config
 
     over = [
@@ -275,7 +418,7 @@ def rl_config(
         "rollout.temperature=1.0",
         "rollout.top_p=1.0",
         f"rollout.max_new_tokens={plan.p['max_new_tokens']}",
-        f"algo.lr={plan.rl_lr}",
+        f"algo.lr={plan.p['rl_lr']}",
         "algo.beta=0.0",
         "algo.micro_batch_size=32",
         f"train.output_dir={plan.out / 'rl' / name}",
@@ -287,25 +430,30 @@ def rl_config(
         "train.threads=1",
         "log.progress=false",
         "log.tensorboard=false",
-        f"algo.name={'ivr' if ivr else 'grpo'}",
+        f"algo.name={'ivr' if method.startswith('ivr') else 'grpo'}",
+        f"ivr.k={plan.p['k']}",
+        f"ivr.rounds={plan.p['rounds']}",
+        "ivr.critique_max_new_tokens=64",
     ]
-    if ivr:
-        over += ["ivr.enabled=true", "ivr.critique_max_new_tokens=64"] + [
-            f"ivr.{k}={v}" for k, v in ivr.items()
-        ]
+    over += [f"{k}={v}" for k, v in METHODS[method][1].items()]
     return load_config(None, over).to_dict()
 
 
+def run_names(plan: Plan) -> dict[str, str]:
+    """{run name: method}: every method on every seed; ablation methods on fewer seeds."""
+    out = {}
+    for method in plan.p["methods"]:
+        n = plan.p["ablation_seeds"] if method in ("ivr_desc", "sr1") else len(plan.seeds)
+        for seed in plan.seeds[:n]:
+            out[f"{method}_s{seed}"] = method
+    return out
+
+
 def phase_rl(plan: Plan, sft: Path, data: Path, console) -> dict[str, Path]:
-    runs: dict[str, dict[str, Any]] = {}
-    for seed in plan.seeds:
-        runs[f"grpo_s{seed}"] = rl_config(plan, sft, data, f"grpo_s{seed}", seed)
-        runs[f"ivr_s{seed}"] = rl_config(plan, sft, data, f"ivr_s{seed}", seed, k=2)
-    if plan.ablations:
-        for k in (1, 4):
-            runs[f"ivr_k{k}_s{plan.seeds[0]}"] = rl_config(
-                plan, sft, data, f"ivr_k{k}_s{plan.seeds[0]}", plan.seeds[0], k=k
-            )
+    runs = {
+        n: rl_config(plan, sft, data, n, int(n.rsplit("_s", 1)[1]), m)
+        for n, m in run_names(plan).items()
+    }
     todo = [
         (n, _train_job, (c,))
         for n, c in runs.items()
@@ -316,171 +464,172 @@ def phase_rl(plan: Plan, sft: Path, data: Path, console) -> dict[str, Path]:
     return {n: plan.out / "rl" / n / "final" for n in runs}
 
 
-def phase_eval(plan: Plan, models: dict[str, Path], data: Path, console) -> dict[str, dict]:
+def phase_eval(
+    plan: Plan, models: dict[str, Path], sets: dict[str, Path], console
+) -> dict[str, dict[str, dict]]:
+    """{set: {model: per-item results}}; sampled answers on set A only (the costlier half)."""
     out = plan.out / "eval"
-    out.mkdir(parents=True, exist_ok=True)
-    jobs = [
-        (
-            n,
-            _eval_job,
-            (str(m), str(data), plan.p["eval_n"], plan.p["max_new_tokens"], str(out / f"{n}.json")),
-        )
-        for n, m in models.items()
-        if not (out / f"{n}.json").is_file()
-    ]
-    console.print(f"[bold]eval[/]: {len(models)} models ({len(jobs)} to evaluate)")
+    jobs = []
+    for set_name, data in sets.items():
+        samples = plan.p["eval_samples"] if set_name == "A" else 0
+        for n, m in models.items():
+            f = out / set_name / f"{n}.json"
+            if not f.is_file():
+                args = (
+                    str(m),
+                    str(data),
+                    str(f),
+                    plan.p["eval_n"],
+                    samples,
+                    plan.p["max_new_tokens"],
+                )
+                jobs.append((f"{set_name}/{n}", _eval_job, args))
+    console.print(f"[bold]eval[/]: {len(models)} models × {len(sets)} sets ({len(jobs)} to run)")
     _run_parallel(jobs, plan.workers, console)
-    return {n: json.loads((out / f"{n}.json").read_text()) for n in models}
+    return {s: {n: json.loads((out / s / f"{n}.json").read_text()) for n in models} for s in sets}
 
 
-def phase_rereason(plan: Plan, sft: Path, data: Path, console) -> dict[str, Any]:
-    out = plan.out / "ablations"
+REREASON_MODES = ("image", "description", "resample")
+
+
+def phase_rereason(
+    plan: Plan, models: dict[str, Path], data: Path, console
+) -> dict[str, dict[str, Any]]:
+    """{model: {mode: accuracy by round}} on the first ``rereason_n`` items of held-out A."""
+    out = plan.out / "rereason"
     out.mkdir(parents=True, exist_ok=True)
-    limit = min(plan.p["eval_n"], 200)
-    jobs = [
-        (
-            c,
-            _rereason_job,
-            (
-                str(sft),
-                str(data),
-                limit,
-                plan.p["max_new_tokens"],
-                c,
-                str(out / f"rereason_{c}.json"),
-            ),
-        )
-        for c in ("image", "description")
-        if not (out / f"rereason_{c}.json").is_file()
-    ]
-    console.print(
-        f"[bold]ablation[/]: test-time re-reasoning, image vs description ({len(jobs)} to run)"
-    )
+    n, jobs = plan.p["rereason_n"], []
+    for name, m in models.items():
+        for mode in REREASON_MODES:
+            f = out / f"{name}_{mode}.json"
+            if not f.is_file():
+                ev = plan.out / "eval" / "A" / f"{name}.json"
+                args = (str(m), str(data), str(ev), n, mode, plan.p["max_new_tokens"], str(f))
+                jobs.append((f"{name}/{mode}", _rereason_job, args))
+    console.print(f"[bold]test-time re-reasoning[/]: {len(jobs)} runs")
     _run_parallel(jobs, plan.workers, console)
-    return {
-        c: json.loads((out / f"rereason_{c}.json").read_text()) for c in ("image", "description")
-    }
-
-
-def _loc_eval_job(model_dir: str, data_dir: str, limit: int, out_dir: str) -> dict:
-    _job_env()
-    from .eval.loaders import load_benchmark
-    from .eval.runner import evaluate_benchmark
-    from .models.policy import Policy
-
-    bench = load_benchmark(f"synth:{data_dir}", limit=limit)
-    summary = evaluate_benchmark(
-        Policy.from_pretrained(model_dir), bench, Path(out_dir), max_new_tokens=LOC_TOKENS, log=None
-    )
-    loc = summary["localization"]
-    return {k: loc[k] for k in ("mAP", "AP50", "AP75", "AR100", "reward") if k in loc}
-
-
-LOC_TOKENS = 128  # three boxes in Qwen2.5-VL JSON fit with room to spare
-
-
-def phase_localization(plan: Plan, console) -> dict[str, Any]:
-    """Vision-R1 ablation: GRPO with the criteria-driven reward on the locate task, with the staged
-    threshold progression (switch at half of training) and without it (switch_at = 1)."""
-    data = phase_world(plan, "data_locate", task="locate", n=plan.p["loc_n"])
-    base = phase_base(plan, data, "base_locate")
-    sft = phase_sft(plan, base, data, "sft_locate", steps=plan.p["loc_sft_steps"])
-    runs = {}
-    for label, switch in (("staged", 0.5), ("no_stage", 1.0)):
-        name = f"locate_{label}"
-        cfg = rl_config(plan, sft, data, name, plan.seeds[0])
-        cfg["reward"]["loc_switch_at"] = switch
-        cfg["rollout"]["max_new_tokens"] = LOC_TOKENS
-        runs[name] = cfg
-    todo = [
-        (n, _train_job, (c,))
-        for n, c in runs.items()
-        if not (plan.out / "rl" / n / "final" / "config.json").is_file()
-    ]
-    console.print(f"[bold]ablation[/]: Vision-R1 localization ({len(todo)} runs to train)")
-    _run_parallel(todo, plan.workers, console)
-    models = {
-        "sft": sft,
-        **{n.removeprefix("locate_"): plan.out / "rl" / n / "final" for n in runs},
-    }
-    out = plan.out / "ablations" / "locate"
-    cached = out / "summary.json"
-    if cached.is_file():
-        return json.loads(cached.read_text())
-    jobs = [
-        (n, _loc_eval_job, (str(m), str(data), plan.p["eval_n"], str(out / n)))
-        for n, m in models.items()
-    ]
-    res = _run_parallel(jobs, plan.workers, console)
-    summary = {
-        "before (SFT)": res["sft"],
-        "after, staged thresholds": res["staged"],
-        "after, fixed thresholds": res["no_stage"],
-    }
-    out.mkdir(parents=True, exist_ok=True)
-    cached.write_text(json.dumps(summary, indent=1))
-    return summary
+    res = {}
+    for name in models:
+        res[name] = {}
+        for mode in REREASON_MODES:
+            r = json.loads((out / f"{name}_{mode}.json").read_text())
+            res[name][mode] = {k: r[k] for k in ("accuracy_by_round", "generations", "n")}
+    return res
 
 
 # ------------------------------------------------------------------------------------ results
-def _mean_std(values: list[float]) -> dict[str, float]:
-    a = np.asarray(values, dtype=float)
-    return {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if len(a) > 1 else 0.0}
-
-
-def _rl_stats(run_dir: Path) -> dict[str, Any]:
+def _train_stats(run_dir: Path) -> dict[str, Any]:
     rows = [
         json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()
     ]
     out: dict[str, Any] = {"steps": len(rows)}
-    if rows and "ivr/critiqued" in rows[0]:
+    if not rows:
+        return out
+    out["time_per_step"] = float(np.mean([r["time/step"] for r in rows]))
+    out["all_fail_share"] = float(np.mean([1 - r["reward/group_solved"] for r in rows]))
+    third = max(1, len(rows) // 3)
+    out["train_correct_first_third"] = float(np.mean([r["reward/correct"] for r in rows[:third]]))
+    out["train_correct_last_third"] = float(np.mean([r["reward/correct"] for r in rows[-third:]]))
+    if "ivr/critiqued" in rows[0]:
         crit = sum(r["ivr/critiqued"] for r in rows)
         rounds = sorted(k for k in rows[0] if k.startswith("ivr/accepted_round_"))
         out["rectification"] = {
-            "failed": sum(r["ivr/failed"] for r in rows),
             "critiqued": crit,
             "accepted": sum(r["ivr/accepted"] for r in rows),
             "success_rate": sum(r["ivr/accepted"] for r in rows) / crit if crit else 0.0,
             "accepted_per_round": [sum(r[k] for r in rows) for k in rounds],
+            "generations": sum(r.get("ivr/generations", 0.0) for r in rows),
+            "all_fail_after": float(np.mean([1 - r["reward_mixed/group_solved"] for r in rows])),
         }
-    out["time_per_step"] = float(np.mean([r["time/step"] for r in rows])) if rows else 0.0
+    if "loss/off_policy_grad_share" in rows[0]:
+        out["off_policy_grad_share"] = float(
+            np.mean([r["loss/off_policy_grad_share"] for r in rows])
+        )
     return out
 
 
-def summarise(plan: Plan, evals: dict[str, dict], meta: dict[str, Any]) -> dict[str, Any]:
-    """Per method: the mean and spread over seeds of every metric; per seed the raw numbers."""
+_METRICS = ("greedy/correct", "sampled/correct", "greedy/attr", "greedy/consistent")
+
+
+def _per_item(res: dict[str, Any], metric: str) -> np.ndarray | None:
+    mode, key = metric.split("/")
+    vals = res.get(mode, {}).get(key)
+    return np.asarray(vals, dtype=float) if vals else None
+
+
+def summarise(
+    plan: Plan, evals: dict[str, dict[str, dict]], coldstart: dict[str, Any]
+) -> dict[str, Any]:
+    """Per method and held-out set: the mean over seeds of each per-item metric with a bootstrap
+    95% interval over items; paired comparisons pooled over seeds (eval/stats.py)."""
+    from .eval.stats import accuracy_ci, paired_test, pooled_paired
+
+    names = run_names(plan)
+    groups: dict[str, list[str]] = {"sft": ["sft"]}
+    for n, m in names.items():
+        groups.setdefault(m, []).append(n)
     methods: dict[str, Any] = {}
-    groups: dict[str, list[str]] = {"zero_shot": ["zero_shot"], "sft": ["sft"]}
-    for name in evals:
-        for method in ("grpo", "ivr"):
-            if name.startswith(f"{method}_s"):
-                groups.setdefault(method, []).append(name)
-    for method, names in groups.items():
-        keys = sorted({k for n in names for k in evals[n]["metrics"] if k != "n"})
-        entry: dict[str, Any] = {}
-        for k in keys:
-            vals = [evals[n]["metrics"][k] for n in names if k in evals[n]["metrics"]]
-            ms = _mean_std(vals)
-            entry[k] = ms["mean"]
-            entry[f"{k}_std"] = ms["std"]
-        entry["seeds"] = {n: evals[n]["metrics"] for n in names}
-        if method in ("grpo", "ivr"):
-            entry["runs"] = {n: _rl_stats(plan.out / "rl" / n) for n in names}
-            rect = [r["rectification"] for r in entry["runs"].values() if "rectification" in r]
-            if rect:
-                entry["rectification"] = {
-                    "success_rate": float(np.mean([r["success_rate"] for r in rect])),
-                    "accepted_per_round": np.mean(
-                        [r["accepted_per_round"] for r in rect], axis=0
-                    ).tolist(),
-                    "critiqued": float(np.mean([r["critiqued"] for r in rect])),
-                }
+    for method, runs in groups.items():
+        entry: dict[str, Any] = {
+            "label": "SFT cold start" if method == "sft" else METHODS[method][0],
+            "runs": runs,
+        }
+        for set_name, by_model in evals.items():
+            cell = {}
+            for metric in _METRICS:
+                arrays = [a for r in runs if (a := _per_item(by_model[r], metric)) is not None]
+                if not arrays:
+                    continue
+                ci = accuracy_ci(np.mean(arrays, axis=0))
+                per_seed = [float(a.mean()) for a in arrays]
+                cell[metric] = {**ci, "per_seed": per_seed}
+            entry[set_name] = cell
+        if method != "sft":
+            entry["train"] = {r: _train_stats(plan.out / "rl" / r) for r in runs}
         methods[method] = entry
+
+    def compare(a: str, b: str) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        ra, rb = groups[a], groups[b]
+        for set_name, by_model in evals.items():
+            for metric in ("greedy/correct", "sampled/correct", "greedy/attr"):
+                pa = [_per_item(by_model[r], metric) for r in ra]
+                pb = [_per_item(by_model[r], metric) for r in rb]
+                if any(x is None for x in pa + pb):
+                    continue
+                if len(pb) == 1:  # SFT: one model, paired with every seed of the other method
+                    pb = pb * len(pa)
+                if len(pa) == 1:
+                    pa = pa * len(pb)
+                pairs = list(zip(pa, pb))
+                # one pair (one seed): exact McNemar / sign test; several: pooled over seeds
+                out[f"{set_name}/{metric}"] = (
+                    pooled_paired(pairs) if len(pairs) > 1 else paired_test(*pairs[0])
+                )
+        return out
+
+    comparisons = {}
+    present = set(groups)
+    for a, b in (
+        ("ivr", "grpo"),
+        ("ivr", "resample"),
+        ("resample", "grpo"),
+        ("ivr_desc", "grpo"),
+        ("ivr", "ivr_desc"),
+        ("sr1", "grpo"),
+        ("grpo", "sft"),
+        ("ivr", "sft"),
+    ):
+        if a in present and b in present:
+            comparisons[f"{a} vs {b}"] = compare(a, b)
     return {
         "profile": plan.profile,
         "seeds": list(plan.seeds),
-        "image_blind": meta.get("image_blind_baseline", meta.get("image_blind", {})),
+        "rl_steps": plan.p["rl_steps"],
+        "coldstart": coldstart,
+        "sets": {s: {"n": len(next(iter(e.values()))["ids"])} for s, e in evals.items()},
         "methods": methods,
+        "comparisons": comparisons,
     }
 
 
@@ -490,14 +639,27 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     from .report import write_report
 
     console = Console()
+    p = dict(PROFILES[args.profile])
+    for key, value in (
+        ("seeds", args.seeds),
+        ("rl_steps", args.rl_steps),
+        ("workers", args.workers),
+    ):
+        if value is not None:
+            p[key] = value
+    if args.methods:
+        p["methods"] = tuple(m.strip() for m in args.methods.split(","))
+        unknown = set(p["methods"]) - set(METHODS)
+        if unknown:
+            raise ValueError(
+                f"--methods: unknown {sorted(unknown)}; expected some of {list(METHODS)}"
+            )
     plan = Plan(
         out=Path(args.out),
         profile=args.profile,
-        seeds=tuple(range(args.seeds)),
-        ablations=args.ablations,
-        workers=max(1, args.workers),
-        p=PROFILES[args.profile],
-        rl_lr=args.rl_lr,
+        p=p,
+        from_scratch=bool(args.from_scratch or p["from_scratch"]),
+        sft_seed=args.sft_seed,
     )
     plan.out.mkdir(parents=True, exist_ok=True)
     _job_env()
@@ -510,30 +672,26 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
         console.print(f"[green]✓[/] {name} ({timings[name]} s)")
         t = time.perf_counter()
 
-    data = phase_world(plan)
-    lap("world")
-    base = phase_base(plan, data)
-    lap("base model")
-    sft = phase_sft(plan, base, data)
-    lap("sft")
+    data = phase_world(plan, "world", 0, p["n"], p["n_test"])
+    held_b = phase_world(plan, "world_b", 1, p["n_test"] + 100, p["n_test"])
+    dev = phase_world(plan, "world_dev", 2, p["n_dev"] + 100, p["n_dev"])
+    lap("worlds")
+    sft, coldstart = phase_coldstart(plan, data, dev, console)
+    lap("cold start")
+    if args.export and plan.from_scratch:
+        console.print(f"exported the cold start to {export_coldstart(sft, coldstart)}")
+    if args.stop_after == "coldstart":
+        return {"coldstart": coldstart, "model": str(sft)}
     rl = phase_rl(plan, sft, data, console)
     lap("rl")
-    models = {"zero_shot": base, "sft": sft, **rl}
-    evals = phase_eval(plan, models, data, console)
+    evals = phase_eval(plan, {"sft": sft, **rl}, {"A": data, "B": held_b}, console)
     lap("eval")
-    meta = json.loads((data / "meta.json").read_text())
-    results = summarise(plan, evals, meta)
-    if plan.ablations:
-        results["ablations"] = {
-            "k": {f"k={k}": evals[f"ivr_k{k}_s{plan.seeds[0]}"]["metrics"] for k in (1, 4)}
-            | {"k=2": evals[f"ivr_s{plan.seeds[0]}"]["metrics"]},
-            "rereason": {
-                c: {"accuracy_by_round": r["accuracy_by_round"], "n": r["n"]}
-                for c, r in phase_rereason(plan, sft, data, console).items()
-            },
-            "localization": phase_localization(plan, console),
-        }
-        lap("ablations")
+    results = summarise(plan, evals, coldstart)
+    if plan.p["rereason_n"]:
+        first = {"sft": sft} | {n: rl[n] for n in rl if n.startswith("ivr_s")}
+        keep = dict(list(first.items())[:2])  # the cold start and the first IVR-R1 seed
+        results["rereason"] = phase_rereason(plan, keep, data, console)
+        lap("re-reasoning")
     results["timings_s"] = timings
     results["total_s"] = round(sum(timings.values()), 1)
     (plan.out / "results.json").write_text(json.dumps(results, indent=1))
@@ -545,4 +703,16 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
-__all__ = ["PROFILES", "add_demo_arguments", "run_demo", "summarise"]
+def export_coldstart(model_dir: Path, info: dict[str, Any], dest: Path = ASSET) -> Path:
+    """Copy a built cold start into the package (the asset ``ivr demo`` starts from)."""
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    for f in model_dir.iterdir():
+        if f.is_file() and f.suffix in (".json", ".jinja", ".safetensors"):
+            shutil.copy2(f, dest / f.name)
+    (dest / "coldstart.json").write_text(json.dumps(info, indent=1))
+    return dest
+
+
+__all__ = ["METHODS", "PROFILES", "add_demo_arguments", "export_coldstart", "run_demo", "summarise"]
