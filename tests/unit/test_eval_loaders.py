@@ -563,6 +563,28 @@ def test_mathverse(data_root: Path) -> None:
     assert free.answer_type is None and free.answer == "6"  # the grader infers the type
 
 
+def test_mathverse_text_only_rows_have_no_image(tmp_path: Path) -> None:
+    # MathVerse's Text Only version (testmini_text_only.parquet) publishes `image` as a string
+    # column holding "": that is no image, not a path. It used to resolve to the benchmark
+    # directory, which does not decode, so every Text Only row was skipped.
+    features = Features({**MATHVERSE_FEATURES, "image": Value("string")})
+    rows = [
+        {**r, "image": image, "sample_index": str(k), "problem_version": "Text Only"}
+        for k, (r, image) in enumerate(zip(mathverse_rows()[::2], ["", None]), start=1)
+    ]
+    _parquet(tmp_path / "testmini.parquet", rows, features)
+    b = load_benchmark(f"mathverse:{tmp_path}", limit=None)
+    assert b.skipped == []
+    items = _by_id(b)
+    assert set(items) == {"1", "2"}
+    mc, free = items["1"], items["2"]
+    assert mc.images == () and free.images == ()
+    assert mc.load_images() == []  # nothing to decode: the runner prompts with text only
+    assert mc.question.startswith("As shown in the figure") and mc.answer == "C"
+    assert mc.choices == ("40°", "50°", "130°", "140°") and mc.category == "Text Only"
+    assert free.question.startswith("Find the area") and free.answer == "6"
+
+
 def test_mathvision(data_root: Path) -> None:
     items = _by_id(load_benchmark("mathvision", data_root))
     assert items["1"].answer_type == "choice" and items["1"].choices == ("1", "2", "3", "4", "5")

@@ -66,6 +66,27 @@ def test_accuracy_never_raises_and_is_binary(comps: list) -> None:
     assert len(out) == n and all(v in (0.0, 1.0) for v in out)
 
 
+# Mathematical answers against mathematical options: unicode radicals, degree spellings,
+# fractions, unbalanced groups (the normalisations and the match by value must never raise).
+MATH_ALPHABET = st.sampled_from(
+    list("0123456789xy .+-*/^=(){}\\") + ["√", "°", "\\sqrt{", "\\frac{", "\\circ", "\\degree", "π"]
+)
+math_junk = st.lists(MATH_ALPHABET, max_size=30).map("".join)
+MATH_OPTIONS = [r"\frac{2}{3}", "√3", "2√(x+1)", "30°", r"3(\sqrt{2}-1)", "0.25"]
+
+
+@SETTINGS
+@given(st.lists(math_junk, min_size=1, max_size=len(MATH_OPTIONS)))
+def test_math_options_never_raise(preds: list) -> None:
+    comps = ["\\boxed{" + p + "}" for p in preds]
+    n = len(comps)
+    for kind, choices in (("choice", [MATH_OPTIONS] * n), ("expression", None), ("text", None)):
+        out = accuracy_reward(
+            comps, answer=MATH_OPTIONS[:n], answer_type=[kind] * n, choices=choices
+        )
+        assert all(v in (0.0, 1.0) for v in out)
+
+
 @SETTINGS
 @given(st.lists(completion, min_size=1, max_size=5))
 def test_format_and_combined_in_range(comps: list) -> None:

@@ -276,7 +276,11 @@ def _decoded_image(row: dict[str, Any], path: Path) -> ImageSource:
 
 
 def _hf_image(value: Any, base: Path, what: str) -> ImageSource | None:
-    """A Hugging Face ``Image`` cell ({"bytes", "path"}), raw bytes, or a relative path."""
+    """A Hugging Face ``Image`` cell ({"bytes", "path"}), raw bytes, or a relative path.
+
+    None for no image: a null cell, or an empty path (MathVerse's Text Only version publishes
+    ``image: ""``; as a path, "" would name the benchmark directory and fail to decode).
+    """
     if value is None:
         return None
     if isinstance(value, dict):
@@ -286,8 +290,10 @@ def _hf_image(value: Any, base: Path, what: str) -> ImageSource | None:
         if not value:
             return None
     if isinstance(value, bytes | bytearray):
-        return bytes(value)
+        return bytes(value) if value else None
     if isinstance(value, str):
+        if not value.strip():
+            return None
         p = Path(value)
         for cand in (p, base / p, base.parent / p):
             if cand.is_file():

@@ -10,9 +10,15 @@ float          both sides rounded to ``precision`` decimals (MathVista conventio
 expression     math-verify ``parse`` + ``verify`` (fractions, radicals, sets, tuples, intervals,
                degrees, percent, ``x=3`` vs ``3``)
 choice         letters A-J (``B``, ``(B)``, ``\text{B}``, ``B. text``, ``B)``) or the option text;
-               the gold may be a letter or the option text (MathVista gives the text)
+               the gold may be a letter or the option text (MathVista gives the text); an
+               answer that is no option's text is matched to options by value (``2/3`` picks
+               ``\frac{2}{3}``) with math-verify, in-process only
 text           case-, punctuation- and whitespace-insensitive equality
 =============  ================================================================================
+
+Every grader first writes unicode radicals as LaTeX (``√3``, ``2√(x+1)`` -> ``\sqrt{3}``,
+``2\sqrt{x+1}``; MathVista writes radicals that way, and a dropped ``√`` read ``√3`` as ``3``)
+and every degree sign as ``^{\circ}`` (``30°``, ``30^\circ``, ``30\degree``).
 
 Why the time bound looks the way it does: math-verify's own timeout uses ``signal.alarm``, which
 raises off the main thread (TRL and our trainer grade in threads), and a hang inside sympy is
@@ -187,9 +193,109 @@ def _strip_latex(s: str) -> str:
     return " ".join(s.split())
 
 
+def _closing(s: str, i: int) -> int:
+    """Index of the bracket closing the one at ``s[i]`` (same kind, nesting counted), or -1."""
+    open_, close = s[i], ")" if s[i] == "(" else "}"
+    depth = 0
+    for j in range(i, len(s)):
+        depth += (s[j] == open_) - (s[j] == close)
+        if depth == 0:
+            return j
+    return -1
+
+
+_RADICAND_RE = re.compile(r"\d+(?:\.\d+)?|\.\d+")
+_RADICAND_COMMAND_RE = re.compile(r"\\[A-Za-z]+")
+
+
+def _radicand_end(s: str, j: int) -> int:
+    """End of the radicand of a unicode radical whose radicand starts at ``s[j]``, or -1.
+
+    ``(x+1)`` and ``{x+1}`` are groups; ``12`` and ``2.5`` digit runs; ``\\frac{1}{2}`` a command
+    with its brace groups; ``x`` a single letter. Anything else is no radicand.
+    """
+    if j >= len(s):
+        return -1
+    if s[j] in "({":
+        k = _closing(s, j)
+        return -1 if k <= j + 1 else k + 1  # "√()" has no radicand
+    m = _RADICAND_RE.match(s, j) or _RADICAND_COMMAND_RE.match(s, j)
+    if m is not None:
+        end = m.end()
+        while m.group(0).startswith("\\") and end < len(s) and s[end] == "{":
+            k = _closing(s, end)
+            if k < 0:
+                return -1
+            end = k + 1
+        return end
+    return j + 1 if s[j].isalpha() else -1
+
+
+_MAX_RADICALS = 64
+
+
+def _unicode_sqrt(s: str) -> str:
+    r"""Unicode radicals as LaTeX: ``√3`` -> ``\sqrt{3}``, ``2√(x+1)`` -> ``2\sqrt{x+1}``.
+
+    Without this, text normalisation drops ``√`` as a symbol (so ``√3`` read as ``3``) and
+    math-verify cannot parse it. Right to left, so a nested ``√(1+√2)`` converts its inner radical
+    first; a ``√`` with no radicand is left as it is. Never raises; past ``_MAX_RADICALS``
+    (no real answer has that many, and each costs a pass over the string) every ``√`` becomes
+    ``\sqrt `` with no braces, still not its radicand.
+    """
+    if s.count("√") > _MAX_RADICALS:
+        return s.replace("√", "\\sqrt ")
+    end = len(s)
+    while True:
+        i = s.rfind("√", 0, end)
+        if i < 0:
+            return s
+        j = i + 1
+        while j < len(s) and s[j] == " ":
+            j += 1
+        k = _radicand_end(s, j)
+        if k > 0:
+            inner = s[j + 1 : k - 1] if s[j] in "({" else s[j:k]
+            s = s[:i] + "\\sqrt{" + inner + "}" + s[k:]
+        end = i
+
+
+#: Every spelling of a degree sign, unified to ``^{\circ}`` (math-verify reads it; ``°`` and
+#: ``\degree`` it does not).
+_DEGREE_ANY_RE = re.compile(
+    r"\^\s*\{\s*(?:\\circ|\\degree|°)\s*\}"
+    r"|\^\s*(?:\\circ|\\degree)(?![A-Za-z])|\^\s*°"
+    r"|\\(?:text|mathrm)\s*\{\s*°\s*\}"
+    r"|\\(?:textdegree|degree)(?![A-Za-z])(?:\s*\{\s*\})?"
+    r"|°"
+)
+
+
+def _normalize_math(s: str) -> str:
+    r"""Unicode radicals and degree signs in one LaTeX spelling, before anything compares them.
+
+    ``√3`` -> ``\sqrt{3}``; ``30°``, ``30^\circ``, ``30^{\circ}``, ``30\degree`` -> ``30^{\circ}``.
+
+    >>> _normalize_math("2√3 + √(x+1)"), _normalize_math("30°")
+    ('2\\sqrt{3} + \\sqrt{x+1}', '30^{\\circ}')
+    """
+    if "√" in s:
+        s = _unicode_sqrt(s)
+    return _DEGREE_ANY_RE.sub(r"^{\\circ}", s) if ("°" in s or "\\" in s) else s
+
+
 def _normalize_text(s: str) -> str:
-    """Lower-case, punctuation to spaces, whitespace collapsed (text answers, option texts)."""
-    s = unicodedata.normalize("NFKC", _strip_latex(s)).lower()
+    """Lower-case, punctuation to spaces, whitespace collapsed (text answers, option texts).
+
+    Radicals and degrees are unified first, so ``√3`` reads ``sqrt 3`` (not ``3``) and
+    ``30^\\circ`` reads like ``30°`` (the degree sign is dropped like any symbol).
+    """
+    return _text_key(_normalize_math(_strip_latex(s)))
+
+
+def _text_key(s: str) -> str:
+    """``_normalize_text`` of a string already through ``_strip_latex`` and ``_normalize_math``."""
+    s = unicodedata.normalize("NFKC", s.replace("^{\\circ}", "°")).lower()
     s = "".join(" " if unicodedata.category(c).startswith(("P", "S")) else c for c in s)
     return " ".join(s.split())
 
@@ -216,7 +322,8 @@ def parse_number(text: str, unit: str | None = None) -> Decimal | None:
     """
     if not isinstance(text, str) or len(text) > 200:
         return None
-    s = _DEGREE_RE.sub("°", _strip_latex(text)).replace("−", "-").strip().rstrip(".").strip()
+    s = _DEGREE_RE.sub("°", _normalize_math(_strip_latex(text)))
+    s = s.replace("−", "-").strip().rstrip(".").strip()
     if unit:
         u = _strip_latex(str(unit)).strip()
         if u and s.lower().endswith(u.lower()):
@@ -666,7 +773,10 @@ def grade_expression(pred: str, gold: str, *, timeout_s: float = DEFAULT_TIMEOUT
     >>> grade_expression("(10^{9999})^{9999}", "5")  # 10^(10^8) has too many digits: refused
     False
     """
-    if not pred or len(pred) > MAX_ANSWER_CHARS or _brace_depth(pred) > MAX_BRACE_DEPTH:
+    if not pred or len(pred) > MAX_ANSWER_CHARS:
+        return False
+    pred, gold = _normalize_math(pred), _normalize_math(gold)  # √3, 30° -> \sqrt{3}, 30^{\circ}
+    if _brace_depth(pred) > MAX_BRACE_DEPTH:  # after: "√√√…3" nests as deep as it is long
         return False  # no real answer looks like this; latex2sympy could take seconds on it
     if _expr_key(pred) == _expr_key(gold):
         return True
@@ -764,25 +874,88 @@ def _pred_letter(pred: str) -> str | None:
     return letter.upper()
 
 
+_WORD_RE = re.compile(r"[A-Za-z]{2,}")
+_MATH_MARK_RE = re.compile(r"[\d+\-*/^=<>π]|\\(?:sqrt|[dt]?frac|pi)(?![A-Za-z])")
+
+
+def _math_of(s: str) -> str | None:
+    r"""A string already through ``_strip_latex`` and ``_normalize_math`` as mathematics, or
+    None when it reads as words.
+
+    Mathematics here: a digit, an operator (``+ - * / ^ = < >``), ``\sqrt``, ``\frac`` or
+    ``\pi`` somewhere; no word of two or more letters outside LaTeX commands (``2 cm``,
+    ``Paris``, ``New-York`` are words); not a bare option letter.
+    """
+    t = s.replace("−", "-").replace("–", "-").strip()
+    if not t or len(t) > MAX_ANSWER_CHARS or _pred_letter(t) is not None:
+        return None
+    if not _MATH_MARK_RE.search(t) or _WORD_RE.search(_COMMAND_RE.sub(" ", t)):
+        return None
+    return t
+
+
 @functools.lru_cache(maxsize=65536)
-def _option_key(s: str) -> tuple[Decimal | None, str]:
-    """What an option or answer text is compared by: its number if any, its normalised text.
+def _option_key(s: str) -> tuple[Decimal | None, str, str | None]:
+    """What an option or answer text is compared by: its number if any, its normalised text,
+    and its mathematical form (``_math_of``) if it reads as mathematics.
 
     Cached: a GRPO group grades G completions against the same options.
     """
-    return parse_number(s), _normalize_text(s)
+    base = _normalize_math(_strip_latex(s))
+    return parse_number(s), _text_key(base), _math_of(base)
 
 
 def _same_option_text(a: str, b: str) -> bool:
-    (x, na), (y, nb) = _option_key(a), _option_key(b)
+    """Same option text: equal numbers; else, for two mathematical texts, the same LaTeX up to
+    spacing (text normalisation would drop the operators: ``x+1`` is not ``x-1``, ``5!`` is not
+    ``5``); else the same normalised text."""
+    (x, na, ma), (y, nb, mb) = _option_key(a), _option_key(b)
     if x is not None and y is not None:
         return x == y
+    if ma is not None and mb is not None:
+        return _expr_key(ma) == _expr_key(mb)
     return bool(na) and na == nb
 
 
+@functools.lru_cache(maxsize=65536)
+def _value_text(s: str) -> str | None:
+    """``s`` ready for math-verify in-process: mathematics (``_math_of``) that passes the
+    cheap screen (``_cheap_enough``), else None."""
+    t = _option_key(s)[2]
+    return t if t is not None and _cheap_enough(t) else None
+
+
+def _same_value(text: str, option: str) -> bool:
+    r"""``text`` and ``option`` are the same mathematical value (``2/3`` and ``\frac{2}{3}``).
+
+    math-verify, in-process only (both sides pass the cheap screen): an option is never worth a
+    round trip to the worker. Two plain numbers were already compared by ``_same_option_text``.
+    """
+    a, b = _value_text(text), _value_text(option)
+    if a is None or b is None:
+        return False
+    if _option_key(text)[0] is not None and _option_key(option)[0] is not None:
+        return False  # two numbers: decided by value already (a "%" is dropped, not /100)
+    fast_a, fast_b = _plain_rational(a), _plain_rational(b)
+    if fast_a is not None and fast_b is not None:
+        return _rational_eq(fast_a, fast_b)
+    with _MV_LOCK:
+        try:
+            return bool(_verify_unbounded(b, a, max_digits=_IN_PROCESS_DIGITS))
+        except Exception:
+            return False
+
+
 def _choice_indices(text: str, choices: Sequence[str], *, as_letter: str | None) -> set[int]:
-    """All option indices ``text`` can denote: as a letter in range, or as an option's text."""
+    """All option indices ``text`` can denote: as a letter in range, or as an option's text.
+
+    An option's text (normalised, or the same number) wins; only when no option's text matches
+    and ``text`` is not a letter are options matched by mathematical value, so an answer that is
+    one option's text never also denotes another option of the same value.
+    """
     out = {i for i, c in enumerate(choices) if _same_option_text(text, c)}
+    if not out and as_letter is None and _value_text(text) is not None:
+        out = {i for i, c in enumerate(choices) if _same_value(text, c)}
     if as_letter is not None:
         i = _LETTERS.index(as_letter)
         if not choices or i < len(choices):
@@ -793,7 +966,9 @@ def _choice_indices(text: str, choices: Sequence[str], *, as_letter: str | None)
 def grade_choice(pred: str, gold: str, *, choices: Sequence[str] | None = None) -> bool:
     r"""Multiple choice: letter or option text on either side, letters valid within the options.
 
-    When a string could denote two options (a letter that is also another option's text), the
+    An answer that is no option's text and no letter is matched to the options by value
+    (``2/3`` denotes ``\frac{2}{3}``; math-verify, in-process). When a string could denote two
+    options (a letter that is also another option's text, or a value two options share), the
     answer is right if any reading of the prediction meets any reading of the gold.
 
     >>> opts = ["3", "4", "5"]
@@ -807,6 +982,11 @@ def grade_choice(pred: str, gold: str, *, choices: Sequence[str] | None = None) 
     gold_letter = gold_s.strip("()[]. ").upper() if len(gold_s.strip("()[]. ")) == 1 else None
     gold_letter = gold_letter if gold_letter and gold_letter in _LETTERS else None
     gold_idx = _choice_indices(gold_s, opts, as_letter=gold_letter)
+    if not gold_idx:
+        # The gold only (never the prediction) falls back to plain normalised text, operators
+        # dropped, as options were matched before: a gold that named an option still does.
+        key = _option_key(gold_s)[1]
+        gold_idx = {i for i, c in enumerate(opts) if key and key == _option_key(c)[1]}
     if not gold_idx:
         if opts:
             raise ValueError(
