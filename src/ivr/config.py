@@ -76,7 +76,9 @@ class RewardConfig:
 
 @dataclass(frozen=True)
 class AlgoConfig:
-    name: str = "grpo"  # label only: grpo | dapo | dr_grpo | ivr | …
+    # a label recorded with the run (config.yaml, reports), checked against ALGO_NAMES; it selects
+    # nothing: the loss is set by clip_high, aggregation, scale_advantages and ivr.enabled
+    name: str = "grpo"  # grpo | dapo | dr_grpo | ivr | ivr_r1
     lr: float = 1e-6
     weight_decay: float = 0.0
     warmup_steps: int = 0
@@ -120,7 +122,14 @@ class TrainConfig:
     prompts_per_step: int = 16
     save_every: int = 50
     eval_every: int = 0  # 0 = never during training
-    resume: bool = False
+    # false: a fresh run (refused if output_dir holds one: metrics.jsonl or checkpoints/);
+    # true: continue from the last intact checkpoint (an error if there is none);
+    # auto: continue if there is a checkpoint, else start fresh (clearing the old run's files)
+    resume: bool | str = False  # false | true | auto
+    overwrite: bool = False  # start fresh in an output_dir that holds a run: its files are removed
+    # consecutive steps whose update was skipped (every group's reward NaN/inf) before the run
+    # fails naming the reward; 0 = never fail
+    max_skipped_steps: int = 5
     threads: int = 0  # torch CPU threads; 0 = leave torch's default
     sharding: str = "auto"  # auto (follow `accelerate launch`) | none (data parallel) | fsdp
 
@@ -170,7 +179,12 @@ class Config:
         return dataclasses.asdict(self)
 
 
+#: Known ``algo.name`` labels: the paper's methods and every preset of ``rl.losses.LOSS_PRESETS``
+#: (kept here so loading a config never imports torch; a unit test checks the presets are in).
+ALGO_NAMES = frozenset({"grpo", "dapo", "dr_grpo", "ivr", "ivr_r1"})
+
 _CHOICES = {
+    "algo.name": ALGO_NAMES,
     "model.dtype": {"float32", "bfloat16", "float16"},
     "data.on_error": {"raise", "skip"},
     "rollout.backend": {"hf", "vllm"},
@@ -257,7 +271,13 @@ def validate(cfg: Config, where: str = "config") -> Config:
                 f"{where}: `{key}` = {flat[key]!r}; expected one of {sorted(allowed)}"
             )
     checks = [
-        ("rollout.group_size", cfg.rollout.group_size >= 1, "must be ≥ 1"),
+        (
+            "rollout.group_size",
+            cfg.rollout.group_size >= 2,
+            "must be ≥ 2 (GRPO's advantages compare the samples of a group: one sample has "
+            "nothing to compare with, so every advantage would be 0)",
+        ),
+        ("rollout.max_new_tokens", cfg.rollout.max_new_tokens >= 1, "must be ≥ 1"),
         ("rollout.temperature", cfg.rollout.temperature >= 0, "must be ≥ 0"),
         ("rollout.top_p", 0 < cfg.rollout.top_p <= 1, "must be in (0, 1]"),
         (
@@ -285,18 +305,48 @@ def validate(cfg: Config, where: str = "config") -> Config:
             "needs model.lora_rank > 0 (QLoRA trains LoRA adapters on frozen 4-bit weights)",
         ),
         ("algo.lr", cfg.algo.lr >= 0, "must be ≥ 0"),
+        ("algo.weight_decay", cfg.algo.weight_decay >= 0, "must be ≥ 0"),
+        ("algo.warmup_steps", cfg.algo.warmup_steps >= 0, "must be ≥ 0"),
+        (
+            "algo.max_grad_norm",
+            cfg.algo.max_grad_norm > 0,
+            "must be > 0 (gradients are clipped to this norm; 0 would zero every update)",
+        ),
         ("algo.beta", cfg.algo.beta >= 0, "must be ≥ 0"),
         ("algo.clip_low", 0 <= cfg.algo.clip_low < 1, "must be in [0, 1)"),
         ("algo.clip_high", cfg.algo.clip_high >= 0, "must be ≥ 0"),
         ("algo.ppo_epochs", cfg.algo.ppo_epochs >= 1, "must be ≥ 1"),
         ("algo.micro_batch_size", cfg.algo.micro_batch_size >= 1, "must be ≥ 1"),
+        (
+            "ivr.tau",
+            0 < cfg.ivr.tau <= 1,
+            "must be in (0, 1]: rollouts are screened as failed when their task reward "
+            "(λ·format + (1−λ)·accuracy, in [0, 1]) is below τ",
+        ),
         ("ivr.k", cfg.ivr.k >= 1, "must be ≥ 1"),
         ("ivr.rounds", cfg.ivr.rounds >= 1, "must be ≥ 1"),
         ("ivr.gamma", cfg.ivr.gamma > 0, "must be > 0"),
+        ("ivr.critique_max_new_tokens", cfg.ivr.critique_max_new_tokens >= 1, "must be ≥ 1"),
+        ("sft.steps", cfg.sft.steps >= 0, "must be ≥ 0 (0 = sft.epochs passes over the data)"),
+        ("sft.epochs", cfg.sft.epochs > 0, "must be > 0"),
+        ("sft.lr", cfg.sft.lr >= 0, "must be ≥ 0"),
+        ("sft.weight_decay", cfg.sft.weight_decay >= 0, "must be ≥ 0"),
+        ("sft.warmup_steps", cfg.sft.warmup_steps >= 0, "must be ≥ 0"),
+        ("sft.eval_every", cfg.sft.eval_every >= 0, "must be ≥ 0"),
+        ("sft.save_every", cfg.sft.save_every >= 0, "must be ≥ 0"),
         ("sft.batch_size", cfg.sft.batch_size >= 1, "must be ≥ 1"),
         ("sft.grad_accum", cfg.sft.grad_accum >= 1, "must be ≥ 1"),
+        ("train.steps", cfg.train.steps >= 0, "must be ≥ 0 (0 = one epoch over the data)"),
         ("train.prompts_per_step", cfg.train.prompts_per_step >= 1, "must be ≥ 1"),
         ("train.save_every", cfg.train.save_every >= 0, "must be ≥ 0"),
+        ("train.eval_every", cfg.train.eval_every >= 0, "must be ≥ 0"),
+        ("train.resume", cfg.train.resume in (True, False, "auto"), "must be false, true or auto"),
+        (
+            "train.overwrite",
+            not (cfg.train.overwrite and cfg.train.resume is not False),
+            "cannot be combined with train.resume (overwrite starts a fresh run)",
+        ),
+        ("train.max_skipped_steps", cfg.train.max_skipped_steps >= 0, "must be ≥ 0"),
     ]
     for key, ok, why in checks:
         if not ok:

@@ -95,3 +95,44 @@ def test_shipped_recipes_load(path: str) -> None:
     cfg = load_config(path)
     assert cfg.model.path and cfg.train.output_dir
     assert cfg.ivr.enabled == ("ivr_" in path)
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("ivr.tau=5", "ivr.tau"),  # the task reward is in [0, 1]: τ = 5 fails every rollout
+        ("ivr.tau=0", "ivr.tau"),  # r < 0 never holds: nothing would ever be critiqued
+        ("rollout.group_size=1", "rollout.group_size"),  # one sample: every advantage is 0
+        ("train.steps=-5", "train.steps"),
+        ("sft.steps=-3", "sft.steps"),
+        ("sft.lr=-0.1", "sft.lr"),
+        ("algo.name=ppo", "algo.name"),
+        ("algo.max_grad_norm=0", "algo.max_grad_norm"),
+        ("train.resume=maybe", "train.resume"),
+        ("train.max_skipped_steps=-1", "train.max_skipped_steps"),
+    ],
+)
+def test_out_of_range_values_name_the_key(override: str, key: str) -> None:
+    with pytest.raises(ConfigError, match=rf"`{key}` = "):
+        load_config(None, [override])
+
+
+def test_algo_name_is_checked_against_the_known_names() -> None:
+    from ivr.config import ALGO_NAMES
+    from ivr.rl.losses import LOSS_PRESETS
+
+    # the paper's methods and every preset of the loss module are valid labels
+    assert {"grpo", "dapo", "dr_grpo", "ivr"} | set(LOSS_PRESETS) <= ALGO_NAMES
+    for name in sorted(ALGO_NAMES):
+        assert load_config(None, [f"algo.name={name}"]).algo.name == name
+
+
+def test_resume_is_false_true_or_auto_and_overwrite_excludes_it() -> None:
+    # `True`/`False` as ivr demo writes them (f"train.resume={flag}") still read as booleans
+    assert load_config(None, ["train.resume=True"]).train.resume is True
+    assert load_config(None, ["train.resume=False"]).train.resume is False
+    assert load_config(None, ["train.resume=auto"]).train.resume == "auto"
+    assert load_config(None, ["train.overwrite=true"]).train.overwrite
+    for resume in ("true", "auto"):
+        with pytest.raises(ConfigError, match="`train.overwrite` = True cannot be combined"):
+            load_config(None, ["train.overwrite=true", f"train.resume={resume}"])
