@@ -4,7 +4,10 @@ Text tasks (IVR-R1 A.1): r = λ·r_format + (1−λ)·r_acc, in [0, 1].
 Localization tasks (rows with ``answer_type == "boxes"``; Vision-R1 §3.2–3.3): r = dual format +
 recall + precision, in [0, 3], with the staged thresholds driven by training progress.
 User rewards (TRL-style callables) are added with their weights; ``None`` from one of them means
-"not applicable" and adds nothing.
+"not applicable" and adds nothing. A user reward must return a list (or tuple / 1-D array) of
+numbers or None, one per completion; anything else (a scalar, strings, the wrong length) raises
+``RewardError`` naming the function. NaN is allowed through: the trainer drops the group, and
+stops after ``train.max_skipped_steps`` steps in a row without an update, naming the reward.
 
 ``correct`` is what IVR-R1 screens on (r < τ = "the answer is wrong"): for text tasks it is the
 answer being right; localization rows are never sent to the re-reasoning loop (the paper's loop is
@@ -14,6 +17,7 @@ defined for reasoning traces, not box lists) and their ``correct`` is None.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +26,11 @@ from ..rewards import LocalizationConfig, accuracy_reward, format_reward, score_
 from ..types import Sample
 
 RewardFn = Callable[..., list[float | None]]
+
+
+class RewardError(ValueError):
+    """A reward function returned something that is not one number (or None) per completion, or
+    produced no usable reward for several steps; the message names the function."""
 
 
 @dataclass(frozen=True)
@@ -50,13 +59,12 @@ class Scorer:
         columns = _columns(samples)
         for fn, weight in self.extra:
             name = getattr(fn, "__name__", "extra")
-            values = fn(list(completions), progress=progress, **columns)
-            if len(values) != len(scores):
-                raise ValueError(f"reward {name} returned {len(values)} values for {len(scores)}")
+            values = _check_values(name, fn(list(completions), progress=progress, **columns),
+                                   len(scores))  # fmt: skip
             for i, v in enumerate(values):
                 if v is None:
                     continue
-                comps = {**scores[i].components, name: float(v)}
+                comps = {**scores[i].components, name: v}
                 # NaN propagates on purpose: the trainer drops the group and counts it.
                 scores[i] = Score(scores[i].reward + weight * float(v), comps, scores[i].correct)
         return scores
@@ -91,6 +99,29 @@ class Scorer:
         lam = self.format_weight
         reward = lam * fmt + (1.0 - lam) * acc
         return Score(reward, {"accuracy": acc, "format": fmt}, acc >= 1.0)
+
+
+def _check_values(name: str, values: Any, n: int) -> list[float | None]:
+    """A user reward's return value as floats (None kept), or ``RewardError`` naming it."""
+    if isinstance(values, (str, bytes, dict)) or not hasattr(values, "__len__"):
+        raise RewardError(
+            f"reward {name} returned {type(values).__name__} {values!r:.60}; it must return a "
+            f"list with one float (or None) per completion, here {n}"
+        )
+    values = list(values)
+    if len(values) != n:
+        raise RewardError(f"reward {name} returned {len(values)} values for {n} completions")
+    out: list[float | None] = []
+    for i, v in enumerate(values):
+        if v is not None and getattr(v, "ndim", None) == 0 and hasattr(v, "item"):
+            v = v.item()  # a 0-d numpy array or torch tensor
+        if v is not None and not isinstance(v, numbers.Real):
+            raise RewardError(
+                f"reward {name} returned {v!r} ({type(v).__name__}) for completion {i}; "
+                "expected a float (or None where the reward does not apply)"
+            )
+        out.append(None if v is None else float(v))
+    return out
 
 
 def _columns(samples: Sequence[Sample]) -> dict[str, list[Any]]:
