@@ -492,7 +492,8 @@ def _step_seed(seed: int, step: int) -> int:
 def _load_rows(path: Path, on_error: str) -> list[dict[str, Any]]:
     from .data.dataset import load_sft_rows
 
-    return [dict(r) for r in load_sft_rows(path, on_error=on_error)]
+    # Images are decoded now: a truncated file is named (or skipped and counted), not met mid-run.
+    return [dict(r) for r in load_sft_rows(path, on_error=on_error, verify_images=True)]
 
 
 def _check_has_assistant(rows: Sequence[dict[str, Any]], path: Path) -> None:
@@ -557,10 +558,10 @@ class SFTRunner:
 
         self.grid = synth_grid(cfg.data.eval)
 
-        resume_from = ckpt.latest_checkpoint(self.ckpt_dir) if cfg.train.resume else None
-        if cfg.train.resume and resume_from is None:
-            warnings.warn(f"train.resume: no checkpoint under {self.ckpt_dir}; starting fresh",
-                          stacklevel=2)  # fmt: skip
+        # resume, refuse a directory holding another run, or clear it (train.overwrite / auto)
+        resume_from, clear = ckpt.plan_run(self.out, cfg.train.resume, cfg.train.overwrite)
+        if clear:
+            ckpt.clear_run(self.out)
         lora = cfg.model.lora_rank > 0
         if policy is None:
             if not cfg.model.path:
@@ -605,7 +606,9 @@ class SFTRunner:
         self.start_step, self.train_seconds, self.wall_seconds = 0, 0.0, 0.0
         self.train_cpu_seconds = 0.0  # CPU time of the training steps: load-independent
         if resume_from is not None:
-            meta = ckpt.restore_training_state(resume_from, self.optimizer, self.scheduler)
+            meta = ckpt.restore_training_state(  # a changed sft.lr / weight_decay applies
+                resume_from, self.optimizer, self.scheduler, config=cfg.to_dict(), lr_key="sft.lr"
+            )
             self.start_step = int(meta["step"])
             self.train_seconds = float(meta.get("train_seconds", 0.0))
             self.wall_seconds = float(meta.get("wall_seconds", 0.0))
@@ -631,9 +634,14 @@ class SFTRunner:
             return []
         from .data.dataset import load_samples
 
-        samples = load_samples(d.eval, split=d.eval_split, on_error=d.on_error)
         limit = self.cfg.sft.eval_limit
-        return list(samples[:limit] if limit and limit > 0 else samples)
+        return load_samples(
+            d.eval,
+            split=d.eval_split,
+            on_error=d.on_error,
+            limit=limit if limit and limit > 0 else None,
+            verify_images=True,  # a truncated image is named now, not after training
+        )
 
     # -------------------------------------------------------------- the loop
     def batch_indices(self, step: int) -> list[int]:

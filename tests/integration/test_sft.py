@@ -22,7 +22,7 @@ from ivr.config import load_config
 from ivr.data.dataset import load_sft_rows
 from ivr.data.synth import generate_dataset
 from ivr.models.policy import Policy, chat_prompt
-from ivr.sft import SFTData, collate, encode_example, run_sft, sft_loss
+from ivr.sft import SFTData, SFTRunner, collate, encode_example, run_sft, sft_loss
 
 IMAGE_PAD = "<|image_pad|>"
 
@@ -268,3 +268,35 @@ def test_kill_and_resume_reproduce_the_uninterrupted_run(tiny_qwen25_dir, world,
     gens = final.generate([chat_prompt("How many shapes are there?", [image])],
                           max_new_tokens=8, temperature=0.0)  # fmt: skip
     assert len(gens) == 1 and len(gens[0][0].token_ids) > 0
+
+
+def test_a_truncated_image_is_named_before_training_or_skipped(world, policy, tmp_path):
+    rows = [json.loads(x) for x in (world / "sft.jsonl").read_text().splitlines()][:4]
+    bad = tmp_path / "bad.png"
+    bad.write_bytes((world / rows[2]["images"][0]).read_bytes()[:80])  # truncated copy
+    for r in rows:
+        r["images"] = [str(world / r["images"][0])]
+    rows[2]["images"] = [str(bad)]
+    data = tmp_path / "sft.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    missing_model = tmp_path / "no-such-model"  # failing on the data proves it came first
+    with pytest.raises(ValueError, match=r"sft\.jsonl:3: cannot decode image '.*bad\.png'"):
+        run_sft(_cfg(missing_model, data, tmp_path / "run"))
+    with pytest.warns(UserWarning, match=r"skipped 1 of 4 rows: .*sft\.jsonl:3"):
+        runner = SFTRunner(_cfg(missing_model, data, tmp_path / "run", "data.on_error=skip"),
+                           policy=policy)  # fmt: skip
+    assert len(runner.data) == 3
+
+
+def test_resume_and_rerun_are_explicit(world, tmp_path):
+    from ivr.config import ConfigError
+
+    missing_model = tmp_path / "no-such-model"  # the run dir is judged before any model loads
+    out = tmp_path / "run"
+    with pytest.raises(ConfigError, match=r"train\.resume=true.*no checkpoint.*resume=auto"):
+        run_sft(_cfg(missing_model, world, out, "train.resume=true"))
+    out.mkdir()
+    (out / "metrics.jsonl").write_text('{"step": 1, "sft/loss": 3.0}\n')
+    with pytest.raises(ConfigError, match=r"holds a previous run \(metrics\.jsonl\)"):
+        run_sft(_cfg(missing_model, world, out))
+    assert (out / "metrics.jsonl").read_text().startswith('{"step": 1')  # nothing was lost

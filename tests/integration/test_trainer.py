@@ -295,3 +295,122 @@ def test_resample_control_trains(tmp_path, tiny_qwen25_dir, colour_world) -> Non
     traces = [json.loads(x) for x in (tmp_path / "run" / "traces.jsonl").read_text().splitlines()]
     assert len(traces) == 4 and all(t["accepted"] and t["generations"] == 2 for t in traces)
     assert all([r["accepted"] for r in t["rounds"]] == [True, False] for t in traces)
+
+
+# ---------------------------------------------------------------------- nothing silent, nothing lost
+def _png(path, colour="red"):
+    Image.new("RGB", (56, 56), colour).save(path)
+    return path
+
+
+def test_truncated_training_image_is_found_at_load_and_skipped(tmp_path, tiny_qwen25_dir) -> None:
+    _png(tmp_path / "good.png")
+    bad = _png(tmp_path / "bad.png", "blue")
+    bad.write_bytes(bad.read_bytes()[:60])  # a truncated PNG still "opens" lazily in PIL
+    rows = tmp_path / "train.jsonl"
+    rows.write_text(
+        json.dumps({"id": "a", "image": "good.png", "question": "Q", "answer": "red"})
+        + "\n"
+        + json.dumps({"id": "b", "image": "bad.png", "question": "Q", "answer": "blue"})
+        + "\n"
+    )
+    # found when the data is loaded (not when row b happens to be sampled), row and file named
+    with pytest.raises(ValueError, match=r"train\.jsonl:2: cannot decode image '.*bad\.png'"):
+        Trainer(cfg_for(tmp_path, tiny_qwen25_dir, f"data.train={rows}"))
+    with pytest.warns(UserWarning, match=r"skipped 1 of 2 rows: .*train\.jsonl:2: .*bad\.png"):
+        t = Trainer(cfg_for(tmp_path, tiny_qwen25_dir, f"data.train={rows}", "data.on_error=skip"))
+    assert [s.id for s in t.samples] == ["a"]
+
+
+def test_greedy_rollouts_are_refused_for_training(tmp_path, tiny_qwen25_dir, colour_world) -> None:
+    from ivr.config import ConfigError
+
+    cfg = cfg_for(tmp_path, tiny_qwen25_dir, "rollout.temperature=0")  # valid for eval
+    with pytest.raises(ConfigError, match=r"`rollout\.temperature` = 0\.0 must be > 0"):
+        Trainer(cfg, samples=colour_world)
+
+
+def test_all_nan_rewards_stop_the_run_naming_the_reward(
+    tmp_path, tiny_qwen25_dir, colour_world
+) -> None:
+    def broken_reward(completions, **_):
+        return [float("nan")] * len(completions)
+
+    # train.max_skipped_steps = 5 (the default): today all 10 steps skip their update, exit 0
+    cfg = cfg_for(tmp_path, tiny_qwen25_dir, "train.steps=10", "train.save_every=0")
+    trainer = Trainer(cfg, samples=colour_world, extra_rewards=[(broken_reward, 1.0)])
+    with (
+        pytest.warns(UserWarning, match="NaN/inf reward"),
+        pytest.raises(ValueError, match=r"steps 1–5: no update .*from broken_reward") as err,
+    ):
+        trainer.train()
+    assert type(err.value).__name__ == "RewardError"
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["loss/skipped"]) for r in rows] == [(s, 1.0) for s in range(1, 6)]
+    assert not (tmp_path / "run" / "final").exists()
+
+
+def _trainer(tmp_path, model_dir, samples, *extra: str) -> Trainer:
+    return Trainer(cfg_for(tmp_path, model_dir, *extra), samples=samples)
+
+
+def _checkpoints(run) -> list[str]:
+    return sorted(p.name for p in (run / "checkpoints").glob("step_*"))
+
+
+def test_resume_needs_a_checkpoint_unless_auto(tmp_path, tiny_qwen25_dir, colour_world) -> None:
+    from ivr.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"train\.resume=true.*no checkpoint under"):
+        _trainer(tmp_path, tiny_qwen25_dir, colour_world, "train.resume=true")
+    assert _trainer(tmp_path, tiny_qwen25_dir, colour_world, "train.resume=auto").start_step == 0
+
+
+def test_an_old_run_dir_is_refused_or_overwritten(tmp_path, tiny_qwen25_dir, colour_world) -> None:
+    from ivr.config import ConfigError
+
+    run = tmp_path / "run"
+    _trainer(tmp_path, tiny_qwen25_dir, colour_world, "train.steps=4", "train.save_every=2").train()
+    assert _checkpoints(run) == ["step_000002", "step_000004"]
+    new = ["train.steps=3", "train.save_every=1"]
+    with pytest.raises(ConfigError, match=r"holds a previous run \(metrics\.jsonl, checkpoints\)"):
+        _trainer(tmp_path, tiny_qwen25_dir, colour_world, *new)
+    with pytest.warns(UserWarning, match="removed the previous run's metrics.jsonl"):
+        t = _trainer(tmp_path, tiny_qwen25_dir, colour_world, *new, "train.overwrite=true")
+    t.train()
+    # only this run's files: its 3 metrics rows, its two newest checkpoints, `latest` → step 3
+    # (before: refused nothing; pruning by name kept the old run's step 4 over this run's step 2)
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert _checkpoints(run) == ["step_000002", "step_000003"]
+    assert (run / "checkpoints" / "latest").read_text() == "step_000003"
+    resumed = _trainer(tmp_path, tiny_qwen25_dir, colour_world, *new, "train.resume=true")
+    assert resumed.start_step == 3
+
+
+def test_resume_falls_back_from_a_truncated_checkpoint(
+    tmp_path, tiny_qwen25_dir, colour_world
+) -> None:
+    base = ["train.steps=2", "train.save_every=1"]
+    _trainer(tmp_path, tiny_qwen25_dir, colour_world, *base).train()
+    weights = tmp_path / "run" / "checkpoints" / "step_000002" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.warns(UserWarning, match=r"step_000002/model\.safetensors: truncated.*step_000001"):
+        resumed = _trainer(tmp_path, tiny_qwen25_dir, colour_world, *base, "train.resume=true")
+    assert resumed.start_step == 1
+
+
+def test_resume_with_a_changed_lr_trains_with_it_and_records_it(
+    tmp_path, tiny_qwen25_dir, colour_world
+) -> None:
+    from ivr.config import load_config
+
+    first = ["train.steps=1", "train.save_every=1", "algo.lr=0.02"]
+    _trainer(tmp_path, tiny_qwen25_dir, colour_world, *first).train()
+    again = ["train.steps=2", "train.save_every=1", "algo.lr=0.05", "train.resume=true"]
+    with pytest.warns(UserWarning, match=r"algo\.lr 0\.02 → 0\.05"):
+        t = _trainer(tmp_path, tiny_qwen25_dir, colour_world, *again)
+    # constant schedule, no warmup: the lr in force is the new one, and config.yaml says so
+    assert t.optimizer.param_groups[0]["lr"] == 0.05
+    assert load_config(tmp_path / "run" / "config.yaml").algo.lr == 0.05
+    assert t.train()["lr"] == 0.05

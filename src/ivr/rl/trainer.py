@@ -45,7 +45,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..config import Config, dump_config
+from ..config import Config, ConfigError, dump_config
 from ..data.dataset import load_samples
 from ..data.images import load_image
 from ..data.prompts import PromptSet, question_text, user_prompt
@@ -58,7 +58,7 @@ from . import checkpoint as ckpt
 from . import sharding
 from .advantages import group_advantages
 from .losses import policy_loss
-from .scoring import RewardFn, Scorer
+from .scoring import RewardError, RewardFn, Scorer
 
 
 def question_prompt(sample: Sample, images: Sequence[Any], prompts: PromptSet) -> Prompt:
@@ -91,6 +91,11 @@ class Trainer:
     ) -> None:
         from accelerate import PartialState
 
+        if cfg.rollout.temperature <= 0:  # fine for eval (greedy), not for sampling groups
+            raise ConfigError(
+                f"`rollout.temperature` = {cfg.rollout.temperature} must be > 0 for RL training: "
+                "the G samples of a group would all be the same greedy answer, every advantage 0"
+            )
         self.cfg = cfg
         self.state = PartialState(cpu=_cpu_only(cfg))
         self.rank, self.world = self.state.process_index, self.state.num_processes
@@ -100,11 +105,10 @@ class Trainer:
         self.ckpt_dir = self.out / "checkpoints"
         self.prompts = PromptSet.load(cfg.data.prompts)
 
-        resume_from = ckpt.latest_checkpoint(self.ckpt_dir) if cfg.train.resume else None
-        if cfg.train.resume and resume_from is None and self.rank == 0:
-            warnings.warn(
-                f"train.resume: no checkpoint under {self.ckpt_dir}; starting fresh", stacklevel=2
-            )
+        # resume, refuse a directory holding another run, or clear it (train.overwrite / auto)
+        resume_from, clear = ckpt.plan_run(self.out, cfg.train.resume, cfg.train.overwrite)
+        if clear and self.state.is_main_process:
+            ckpt.clear_run(self.out)
         self.policy = policy if policy is not None else self._load_policy(resume_from)
         self.model = self.policy.model
         self.samples = list(samples) if samples is not None else self._load_samples()
@@ -152,6 +156,7 @@ class Trainer:
                 load_optimizer=lambda sd: sharding.load_optimizer_state(
                     self.model, self.optimizer, sd
                 ),
+                config=cfg.to_dict(),  # a changed algo.lr / weight_decay applies (and is said)
             )
             self.start_step = int(meta["step"])
         self.tracker = Tracker.for_run(
@@ -166,6 +171,9 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             dump_config(cfg, self.out / "config.yaml")
         self._dirty = False  # True once this step's optimizer update has begun
+        self._nan_rewards: list[str] = []  # this step's NaN/inf reward components
+        self._skipped: set[str] = set()  # those of the current run of skipped updates
+        self._n_skipped = 0  # consecutive steps without an update (every reward NaN/inf)
 
     # ------------------------------------------------------------------ setup
     def _load_policy(self, resume_from: Path | None) -> Policy:
@@ -237,7 +245,11 @@ class Trainer:
         d = self.cfg.data
         if not d.train:
             raise ValueError("data.train is empty: set it to a dataset dir, .jsonl or .parquet")
-        samples = load_samples(d.train, split=d.train_split, on_error=d.on_error)
+        # Every image is decoded now (~0.3 ms for a small PNG): a truncated file is named here,
+        # or skipped and counted with data.on_error=skip, not found when its row is sampled.
+        samples = load_samples(
+            d.train, split=d.train_split, on_error=d.on_error, verify_images=True
+        )
         bad = [s.id for s in samples if not str(s.answer).strip() and s.answer_type != "boxes"]
         if bad:
             msg = f"{d.train}: {len(bad)} rows have an empty answer (first: id {bad[0]!r})"
@@ -258,6 +270,7 @@ class Trainer:
                 self._dirty = False
                 last = self.step(step)
                 self.tracker.log(step, last)
+                self._check_skipped(step, last)
                 if self.cfg.train.save_every and step % self.cfg.train.save_every == 0:
                     self.save(step)
             if self.total_steps > self.start_step:
@@ -355,6 +368,7 @@ class Trainer:
         if cfg.ivr.enabled or cfg.reward.self_reward_weight > 0:  # what the advantages see
             metrics.update(_reward_metrics(groups, prefix="reward_mixed"))
         with timer("advantages"):
+            self._nan_rewards = _nan_components(groups)
             groups, advantages, dropped = self.advantages(groups)
             metrics["reward/nan_groups"] = float(dropped)
         with timer("update"):
@@ -368,6 +382,24 @@ class Trainer:
         metrics = self._reduce(metrics)
         self.tracker.write_rows("samples", step, _sample_rows(groups, cfg.log.samples_per_step))
         return metrics
+
+    def _check_skipped(self, step: int, metrics: dict[str, float]) -> None:
+        """Fail after ``train.max_skipped_steps`` consecutive steps whose update was skipped
+        because every group's reward was NaN/inf (a user reward gone wrong), naming the reward."""
+        if not metrics.get("loss/skipped"):
+            self._skipped, self._n_skipped = set(), 0
+            return
+        self._skipped.update(self._nan_rewards)
+        self._n_skipped += 1
+        limit = self.cfg.train.max_skipped_steps
+        if limit and self._n_skipped >= limit:
+            names = ", ".join(sorted(self._skipped)) or "the reward"
+            raise RewardError(
+                f"steps {step - limit + 1}–{step}: no update ({limit} steps in a row, "
+                f"train.max_skipped_steps = {limit}): every group's reward was NaN/inf, from "
+                f"{names}. Fix the reward (it must return finite floats, or None where it does "
+                "not apply) or raise train.max_skipped_steps (0 = never stop)"
+            )
 
     # ------------------------------------------------------------------ phases
     def batch_samples(self, step: int) -> list[Sample]:
@@ -741,6 +773,21 @@ def _cpu_only(cfg: Config) -> bool:
     if cfg.model.device == "auto":
         return not torch.cuda.is_available()
     return cfg.model.device == "cpu"
+
+
+def _nan_components(groups: list[Group]) -> list[str]:
+    """Names of the reward components that are NaN/inf somewhere in ``groups`` (a user reward's
+    component is its function's name); "reward" when the total alone is not finite."""
+    names = {
+        k
+        for g in groups
+        for r in g.rollouts
+        if not math.isfinite(r.reward)
+        for k, v in r.components.items()
+        if not math.isfinite(v)
+    }
+    bad = any(not math.isfinite(r.reward) for g in groups for r in g.rollouts)
+    return sorted(names) or (["reward"] if bad else [])
 
 
 def _reward_metrics(groups: list[Group], prefix: str) -> dict[str, float]:
