@@ -103,3 +103,23 @@ def test_malformed_line_names_file_and_line(tmp_path: Path, bad_line: str, messa
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="nope.jsonl"):
         score_file(tmp_path / "nope.jsonl")
+
+
+def test_skipped_rows_are_counted_and_explained(tmp_path: Path) -> None:
+    rows = [
+        ROWS[0],
+        {"completion": r"\boxed{3}", "answer": None},  # line 2: nothing to grade against
+        ROWS[2],
+        {"completion": "x", "answer": "1", "answer_type": "boxes"},  # line 4: boxes, no boxes
+        ROWS[3],
+        ROWS[4],
+    ]
+    res = score_file(write(tmp_path / "p.jsonl", rows))
+    assert res["n"] == 6 and res["n_answer"] == 4 and res["n_skipped"] == 2
+    assert [s["line"] for s in res["skipped"]] == [2, 4]
+    lines = format_score_table(res).splitlines()
+    # 6 rows read, 4 graded: the header says so, and each skipped row is named with why
+    assert lines[0].endswith("p.jsonl: 6 rows (4 scored, 2 skipped)")
+    assert lines[-2] == "skipped line 2: 'answer' is null (and no 'boxes')"
+    assert lines[-1].startswith("skipped line 4: answer_type 'boxes' is not graded")
+    assert [x.split()[:2] for x in lines if x.startswith("all")] == [["all", "4"]]

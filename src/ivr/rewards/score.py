@@ -11,6 +11,8 @@ per line, two kinds of rows (they may be mixed):
   (``progress`` 0 unless a row says otherwise).
 
 ``completion`` may be a string or a chat message list. Other keys are carried along and ignored.
+A row with nothing to grade (a null ``answer``, an ``answer_type`` the accuracy reward does not
+apply to, such as ``boxes`` without boxes) is skipped: counted, and listed with its line and why.
 """
 
 from __future__ import annotations
@@ -68,11 +70,15 @@ def _score_row(path: Path, lineno: int, row: dict[str, Any]) -> dict[str, Any]:
                 labels=[row.get("labels")],
             )
             return {"kind": "boxes", **{k: v[0] for k, v in parts.items()}}
-        kind = None
-        if row.get("answer") is not None:
-            kind = resolve_answer_type(row["answer"], row.get("answer_type"), row.get("choices"))
+        if row.get("answer") is None:
+            return {"kind": "n/a", "why": "'answer' is null (and no 'boxes')"}
+        kind = resolve_answer_type(row["answer"], row.get("answer_type"), row.get("choices"))
         if kind is None:  # e.g. answer_type "boxes" without boxes: nothing to grade
-            return {"kind": "n/a"}
+            return {
+                "kind": "n/a",
+                "why": f"answer_type {row.get('answer_type')!r} is not graded by the accuracy "
+                "reward (a localization row needs 'boxes' and 'image_size')",
+            }
         columns = {
             k: [row.get(k)] for k in ("answer", "choices", "answer_type", "precision", "unit")
         }
@@ -90,9 +96,10 @@ def _mean(values: list[float]) -> float | None:
 def score_file(path: str | Path) -> dict[str, Any]:
     r"""Grade a JSONL of predictions; accuracy overall and per answer type, localization means.
 
-    Returns ``{"path", "n", "n_skipped", "n_answer", "accuracy", "format", "by_type": {type: {"n",
-    "accuracy", "format"}}, "localization": {"n", "format", "recall", "precision", "total"} or
-    None}``. Raises ValueError naming the file and line of a malformed line.
+    Returns ``{"path", "n", "n_skipped", "skipped": [{"line", "why"}], "n_answer", "accuracy",
+    "format", "by_type": {type: {"n", "accuracy", "format"}}, "localization": {"n", "format",
+    "recall", "precision", "total"} or None}``. Raises ValueError naming the file and line of a
+    malformed line.
 
     >>> import tempfile, os
     >>> rows = [{"completion": r"<desc>d</desc><think>t</think>\boxed{B}", "answer": "4",
@@ -109,7 +116,7 @@ def score_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
-    scored = [_score_row(path, lineno, row) for lineno, row in _load_rows(path)]
+    scored = [{**_score_row(path, lineno, row), "line": lineno} for lineno, row in _load_rows(path)]
     answers = [s for s in scored if s["kind"] not in ("boxes", "n/a")]
     boxes = [s for s in scored if s["kind"] == "boxes"]
     by_type: dict[str, dict[str, Any]] = {}
@@ -132,6 +139,7 @@ def score_file(path: str | Path) -> dict[str, Any]:
         "path": str(path),
         "n": len(scored),
         "n_skipped": len(scored) - len(answers) - len(boxes),
+        "skipped": [{"line": s["line"], "why": s["why"]} for s in scored if s["kind"] == "n/a"],
         "n_answer": len(answers),
         "accuracy": _mean([s["accuracy"] for s in answers]),
         "format": _mean([s["format"] for s in answers]),
@@ -160,7 +168,9 @@ def format_score_table(result: dict[str, Any]) -> str:
     integer        2         50.0        0.0
     all            3         66.7       33.3
     """
-    lines = [f"{result['path']}: {_rows(result['n'])}"]
+    skipped = result.get("n_skipped", 0)
+    head = f"{result['path']}: {_rows(result['n'])}"
+    lines = [head + (f" ({result['n'] - skipped} scored, {skipped} skipped)" if skipped else "")]
     if result["n_answer"]:
         lines.append(f"{'type':<10} {'n':>5} {'accuracy %':>12} {'format %':>10}")
         for kind, s in result["by_type"].items():
@@ -176,4 +186,9 @@ def format_score_table(result: dict[str, Any]) -> str:
             f"localization ({_rows(loc['n'])}, Vision-R1 reward): format {loc['format']:.3f}  "
             f"recall {loc['recall']:.3f}  precision {loc['precision']:.3f}  total {loc['total']:.3f} / 3"
         )
+    reasons = result.get("skipped") or []
+    for s in reasons[:10]:
+        lines.append(f"skipped line {s['line']}: {s['why']}")
+    if len(reasons) > 10:
+        lines.append(f"… and {len(reasons) - 10} more skipped rows")
     return "\n".join(lines)
