@@ -13,14 +13,32 @@ from collections.abc import Sequence
 
 def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", "-c", help="YAML recipe (configs/*.yaml)")
-    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const="true",
+        metavar="auto",
+        help="continue from the last intact checkpoint (an error if there is none); "
+        "--resume=auto: continue if there is one, else start fresh",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start fresh in an output dir that holds a run (its files are removed first)",
+    )
     p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. algo.beta=0.04")
 
 
 def _load(args: argparse.Namespace):
-    from .config import load_config
+    from .config import ConfigError, load_config
 
-    overrides = list(args.overrides) + (["train.resume=true"] if args.resume else [])
+    overrides, resume = list(args.overrides), args.resume
+    if resume is not None and resume not in ("true", "auto"):
+        if "=" not in resume:
+            raise ConfigError(f"--resume takes no value or =auto, got {resume!r}")
+        overrides, resume = [resume, *overrides], "true"  # `--resume a.b=c`: an override
+    overrides += [f"train.resume={resume}"] if resume else []
+    overrides += ["train.overwrite=true"] if args.overwrite else []
     return load_config(args.config, overrides)
 
 
@@ -70,6 +88,7 @@ def cmd_build_tiny(args: argparse.Namespace) -> int:
         vision_depth=args.vision_depth,
         seed=args.seed,
         corpus=corpus,
+        overwrite=args.overwrite,
     )
     print(f"wrote {out}")
     return 0
@@ -126,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--corpus", help="chat JSONL whose text trains the tokenizer")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     p.set_defaults(fn=cmd_build_tiny)
 
     p = sub.add_parser("score", help="grade a JSONL of predictions offline")
@@ -160,13 +180,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return args.fn(args)
-    except (ConfigError, FileNotFoundError, ValueError) as e:
+    except (ConfigError, OSError, ValueError) as e:
         if os.environ.get("IVR_DEBUG"):
             raise
-        # Input problems get one clear line, not a traceback from deep inside a library
-        # (IVR_DEBUG=1 shows the traceback).
-        print(f"ivr {args.command}: error: {e}", file=sys.stderr)
+        # Input problems and file system errors get one clear line naming the key or the path,
+        # not a traceback from deep inside a library (IVR_DEBUG=1 shows the traceback).
+        print(f"ivr {args.command}: error: {_message(e)}", file=sys.stderr)
         return 2
+
+
+def _message(e: Exception) -> str:
+    """``[Errno 20] Not a directory: 'a/b'`` → ``Not a directory: a/b``; others as they are."""
+    if isinstance(e, OSError) and e.filename is not None:
+        where = f"{e.filename} → {e.filename2}" if e.filename2 is not None else f"{e.filename}"
+        return f"{e.strerror or type(e).__name__}: {where}"
+    return str(e)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -269,6 +269,7 @@ def build_tiny_vlm(
     vocab_size: int | None = None,
     min_pixels: int | None = None,
     max_pixels: int | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Build and save a random-weight ``arch`` VLM with its tokenizer and image-only processor.
 
@@ -277,7 +278,8 @@ def build_tiny_vlm(
     special tokens included (a small corpus yields fewer tokens). ``min_pixels``/``max_pixels``
     default to 2×2 … 16×16 visual tokens. The same arguments give the same files. Returns
     ``out_dir``, loadable with ``Policy.from_pretrained`` or ``AutoModelForImageTextToText`` +
-    ``AutoProcessor`` (after ``import ivr.models``).
+    ``AutoProcessor`` (after ``import ivr.models``). A non-empty ``out_dir`` is refused unless
+    ``overwrite`` (``--overwrite``), which writes the model's files over it.
     """
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; expected one of {ARCHS}")
@@ -287,6 +289,10 @@ def build_tiny_vlm(
                 f"{name} must be a multiple of 8 (4 heads, even head_dim), got {value}"
             )
     out = Path(out_dir)
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(
+            f"{out} is not empty; pass overwrite=True (--overwrite) to replace it"
+        )
     out.mkdir(parents=True, exist_ok=True)
 
     texts = default_corpus() * 2 + list(corpus or ())  # ×2: every default word passes min_frequency
