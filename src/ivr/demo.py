@@ -351,7 +351,7 @@ def _sft(
             f"train.output_dir={out}",
             f"train.seed={plan.sft_seed}",
             "train.threads=1",
-            f"train.resume={(out / 'checkpoints').is_dir()}",
+            "train.resume=auto",  # resume a killed job; a fresh dir starts fresh
             "log.tensorboard=false",
             "log.progress=false",
         ],
@@ -426,7 +426,7 @@ def rl_config(plan: Plan, sft: Path, data: Path, name: str, seed: int, method: s
         f"train.steps={plan.p['rl_steps']}",
         f"train.prompts_per_step={plan.p['prompts_per_step']}",
         "train.save_every=10",
-        f"train.resume={(plan.out / 'rl' / name / 'checkpoints').is_dir()}",
+        "train.resume=auto",
         "train.threads=1",
         "log.progress=false",
         "log.tensorboard=false",

@@ -171,3 +171,16 @@ def test_stage2_mix_and_mined_summary(tmp_path) -> None:
     assert kinds.count("critique") >= 3 and kinds.count("answer") == own
     assert kinds.count("desc_only") == int(0.25 * own)
     assert out == stage2_rows(data, mined, seed=0)  # seeded
+
+
+def test_a_misplaced_digit_is_not_a_perception_error_for_a_sum(row5) -> None:
+    # The 8 is put at the wrong cell in <desc> and <think> but read right; the slip is 2 + 8 = 11.
+    row, good = row5
+    bad = _wrong(
+        good,
+        ("8 at upper mid-right</desc>", "8 at bottom right</desc>"),
+        ("8 at upper mid-right.", "8 at bottom right."),
+        ("2 + 8 = 10", "2 + 8 = 11"),
+        ("{10}", "{11}"),
+    )
+    assert diagnose(bad, row).critique == "The reasoning adds 2 + 8 = 11, but 2 + 8 = 10."

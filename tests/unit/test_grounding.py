@@ -317,3 +317,15 @@ def test_arbitrary_output_never_raises(response: str, k: int) -> None:
     assert self_consistency(response, row) in (0.0, 1.0)
     s = grounding_summary([response], [row])
     assert s["n"] == 1
+
+
+def test_sum_ignores_cells_but_not_digits() -> None:
+    # Row 5 of the seed-0 arith world: yellow shapes 2 (top left) and 8 (upper mid-right).
+    from ivr.data.synth import make_row, trace
+
+    row, _ = make_row(5, "arith", 1)
+    good = trace(row["query"], row["scene"])
+    moved = good.replace("8 at upper mid-right", "8 at bottom right")  # a cell misnamed
+    assert attribute_fidelity(moved, row) == 1.0  # the sum reads 2 and 8 either way
+    misread = good.replace("circle with 8", "circle with 9")
+    assert attribute_fidelity(misread, row) == 0.0

@@ -68,9 +68,24 @@ def _with(o: Obj) -> str:
     return f" with {o.digit}" if o.digit is not None else ""
 
 
-def _perception(truth: list[Obj], said: list[Obj], relevant: Filter, grid: int) -> str | None:
+def _perception(
+    truth: list[Obj], said: list[Obj], relevant: Filter, grid: int, placed: bool = True
+) -> str | None:
     """The first described object (reading order) that the image contradicts, among those the
-    question depends on (matching the filter in the image or in the description)."""
+    question depends on (matching the filter in the image or in the description).
+
+    ``placed=False`` (sums): a matching object described with the right colour, shape and digit
+    is right wherever the description puts it, since a sum never depends on a cell."""
+    if not placed:
+        truth, said = list(truth), list(said)
+        for o in [o for o in truth if relevant.match(o)]:
+            twin = next(
+                (s for s in said if (s.colour, s.shape, s.digit) == (o.colour, o.shape, o.digit)),
+                None,
+            )
+            if twin is not None:
+                truth.remove(o)
+                said.remove(twin)
     at_t = {(o.row, o.col): o for o in truth}
     at_s = {(o.row, o.col): o for o in said}
     for cell in sorted(set(at_t) | set(at_s)):
@@ -201,7 +216,7 @@ def diagnose(response: str, row: dict[str, Any], grid: int = 4) -> Diagnosis | N
     said = _objs(parsed)
     kind = q["kind"]
     relevant = Filter.from_json(q["filter"]) if "filter" in q else Filter()
-    bad = _perception(truth, said, relevant, grid)
+    bad = _perception(truth, said, relevant, grid, placed=kind != "sum")
     if bad:
         return Diagnosis("perception", bad)
     tm = _THINK.search(response)

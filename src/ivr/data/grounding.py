@@ -58,11 +58,9 @@ def _relevant(q: dict[str, Any], objs: Sequence[Obj], truth: Sequence[Obj], grid
     if kind == "count":  # which cells hold a matching object; nothing else about them
         f = Filter.from_json(q["filter"])
         return sorted((o.row, o.col) for o in objs if f.match(o))
-    if kind == "sum":  # the matching objects with their digits
+    if kind == "sum":  # the digits of the matching objects, wherever they are placed
         f = Filter.from_json(q["filter"])
-        return sorted(
-            (o.row, o.col, o.digit if o.digit is not None else -1) for o in objs if f.match(o)
-        )
+        return sorted(o.digit if o.digit is not None else -1 for o in objs if f.match(o))
     if kind == "sum_diff":
         return tuple(
             _relevant({"kind": "sum", "filter": q[k]}, objs, truth, grid)
@@ -94,14 +92,18 @@ def attribute_fidelity(response: str, row: dict[str, Any], *, grid: int = 4) -> 
     - count: the cells of the objects that match the filter (a matching object described with
       the wrong colour, or a non-matching one described as matching, fails; its other attributes
       do not matter);
-    - sum: the matching objects with their cells and digits; sum_diff: that, for both filters;
+    - sum: the digits of the objects that match the filter, as a multiset (a misread digit, a
+      missing matching object or a wrongly matching one fails; cells do not matter);
+      sum_diff: that, for both filters;
     - relation: the object(s) matching the reference (must be the true one, at its cell), some
       object at each intermediate cell of the true chain, and the asked attribute (colour or
       shape) of the object at its end;
     - choice: whatever its base question depends on.
 
-    Objects the question does not depend on are ignored, positions of relevant ones are not: the
-    description names cells, and a count that is right by luck from the wrong cells is not seeing.
+    Objects the question does not depend on are ignored. Cells of count objects are compared
+    (which objects match is only visible through where they are), cells of sum objects are not:
+    a sum never depends on where a digit is, and the demo's tiny models misname cells far more
+    often than they misread what is in them.
 
     Why not ``desc_exact``: it requires every object of the scene with its position, so it is
     mostly a measure of exhaustive listing; a count answer never depends on the shape of an
