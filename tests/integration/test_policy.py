@@ -215,9 +215,75 @@ def test_missing_model_directory(tmp_path):
 
 
 def test_missing_hub_style_id():
-    """'org/name' that is not a local directory is tried on the Hub (offline in tests)."""
-    with pytest.raises(FileNotFoundError, match="no-such-org/no-such-model"):
+    """'org/name' that is not a local directory is looked up in the local Hub cache only."""
+    with pytest.raises(FileNotFoundError, match="no-such-org/no-such-model.*never downloads"):
         Policy.from_pretrained("no-such-org/no-such-model")
+
+
+@pytest.fixture
+def no_network(monkeypatch) -> list:
+    """Hub downloads allowed as far as huggingface_hub knows, but every name look-up is recorded
+    and refused: a test sees whether a model path sent anything to the network."""
+    import socket
+
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    looked_up: list = []
+
+    def refuse(*args, **kwargs):
+        looked_up.append(args[:2])
+        raise OSError("network refused in this test")
+
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    return looked_up
+
+
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        ("models/no_such_tiny", r"'models/no_such_tiny' does not exist .*never downloads"),
+        ("./no_such_tiny", r"'./no_such_tiny' does not exist \(looked for .*no_such_tiny\)$"),
+        ("runs/sft/no_such_final", r"'runs/sft/no_such_final' does not exist"),
+        ("~/no_such_ivr_model_dir", r"'~/no_such_ivr_model_dir' does not exist"),
+    ],
+)
+def test_missing_relative_path_fails_at_once(tmp_path, monkeypatch, no_network, path, message):
+    """A relative model path that is not there fails at once, naming it, without trying the
+    Hub (it used to retry five times, 28 s, before failing); nothing is downloaded."""
+    import time
+
+    monkeypatch.chdir(tmp_path)
+    start = time.perf_counter()
+    with pytest.raises(FileNotFoundError, match=message):
+        Policy.from_pretrained(path)
+    assert time.perf_counter() - start < 5.0  # was 5 Hub retries, 23-28 s
+    assert no_network == []
+
+
+def test_model_path_that_is_a_file(tmp_path):
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"not a directory")
+    with pytest.raises(
+        FileNotFoundError, match=r"'.*model.safetensors' is a file, not a model dir"
+    ):
+        Policy.from_pretrained(weights)
+
+
+def test_hub_id_from_the_local_cache(tmp_path, monkeypatch, no_network, tiny_qwen25_dir):
+    """An 'org/name' already in the local Hugging Face cache loads from its snapshot, offline."""
+    import huggingface_hub.constants
+
+    cache = tmp_path / "hub"
+    repo = cache / "models--ivr-test--tiny-vlm"
+    shutil.copytree(tiny_qwen25_dir, repo / "snapshots" / "0123abcd")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123abcd")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.chdir(tmp_path)
+    policy = Policy.from_pretrained("ivr-test/tiny-vlm")
+    assert policy.model.config.model_type == "qwen2_5_vl"
+    assert no_network == []
 
 
 def test_bad_dtype(tiny_qwen25_dir):
@@ -247,6 +313,65 @@ def test_directory_without_processor(tiny_qwen25_dir, tmp_path):
         shutil.copy(tiny_qwen25_dir / name, bare / name)
     with pytest.raises(ValueError, match="no usable image processor in .*weights_only"):
         Policy.from_pretrained(bare)
+
+
+def test_directory_without_weights(tiny_qwen25_dir, tmp_path):
+    no_weights = tmp_path / "no_weights"
+    shutil.copytree(tiny_qwen25_dir, no_weights)
+    (no_weights / "model.safetensors").unlink()
+    with pytest.raises(
+        FileNotFoundError, match=r"'.*no_weights' has a config.json but no weights \(no \*.safe"
+    ):
+        Policy.from_pretrained(no_weights)
+
+
+def test_sharded_directory_missing_a_shard(tiny_qwen25_dir, tmp_path):
+    import json
+
+    sharded = tmp_path / "sharded"
+    shutil.copytree(tiny_qwen25_dir, sharded)
+    (sharded / "model.safetensors").rename(sharded / "model-00001-of-00002.safetensors")
+    index = {
+        "weight_map": {
+            "a": "model-00001-of-00002.safetensors",
+            "b": "model-00002-of-00002.safetensors",
+        }
+    }
+    (sharded / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(FileNotFoundError, match=r"'.*sharded' .*1 of the 2 weight files .*00002"):
+        Policy.from_pretrained(sharded)
+
+
+def test_directory_without_image_processor(tiny_qwen25_dir, tmp_path):
+    """Tokenizer and weights but no image processor config: one line that says so."""
+    text_only_processor = tmp_path / "no_image_processor"
+    shutil.copytree(tiny_qwen25_dir, text_only_processor)
+    (text_only_processor / "processor_config.json").unlink()
+    with pytest.raises(ValueError, match=r"no_image_processor'.*no image processor config") as e:
+        Policy.from_pretrained(text_only_processor)
+    assert "\n" not in str(e.value)
+
+
+def test_text_only_language_model_is_named(tiny_qwen25_dir, tmp_path):
+    """A text-only LLM (its own tokenizer and weights) is refused as not a vision-language model."""
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+    llm = tmp_path / "text_only_llm"
+    tokenizer = AutoTokenizer.from_pretrained(tiny_qwen25_dir)
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+    )
+    Qwen2ForCausalLM(config).save_pretrained(llm)
+    tokenizer.save_pretrained(llm)
+    with pytest.raises(
+        ValueError, match=r"'.*text_only_llm' is not a vision-language model: .*Qwen2ForCausalLM"
+    ):
+        Policy.from_pretrained(llm)
 
 
 def test_stock_processor_class_falls_back_to_image_only(tiny_qwen25_dir, tmp_path, prompts):

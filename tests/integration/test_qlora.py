@@ -54,6 +54,11 @@ def test_qlora_policy_samples_scores_and_trains_adapters(tiny_qwen25_dir):
 
     prompt = chat_prompt("How many shapes?", [Image.new("RGB", (56, 84), "red")])
     gens = policy.generate([prompt], max_new_tokens=8, num_return_sequences=2, seed=0)[0]
+    # bitsandbytes repacks 4-bit weights for its inference-only CPU kernel on AVX512-BF16 CPUs
+    # during a no-grad forward; the policy keeps them in the layout training uses
+    assert not any(
+        getattr(m.weight.quant_state, "packing_format_for_cpu", False) for m in quantized
+    )
     out = policy.completion_logprobs([prompt, prompt], [g.token_ids for g in gens], with_grad=True)
     for i, g in enumerate(gens):
         n = len(g.token_ids)
@@ -62,6 +67,47 @@ def test_qlora_policy_samples_scores_and_trains_adapters(tiny_qwen25_dir):
     grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
     assert grads and all("lora_" in n for n in grads)
     assert any(g.abs().sum() > 0 for g in grads.values())
+
+
+def _has_avx512bf16() -> bool:
+    from bitsandbytes.functional import has_avx512bf16
+
+    return bool(has_avx512bf16())
+
+
+@pytest.mark.skipif(
+    not HAS_BNB or not _has_avx512bf16(),
+    reason="needs bitsandbytes and a CPU with AVX512-BF16 (where bitsandbytes repacks)",
+)
+def test_policy_unpacks_4bit_weights_repacked_before_it(tiny_qwen25_dir):
+    """A 4-bit model that already ran no-grad inference outside a Policy (bitsandbytes repacked
+    its weights for the CPU inference kernel) is unpacked when wrapped: it samples and trains."""
+    from bitsandbytes.nn import Linear4bit
+    from peft import LoraConfig, get_peft_model
+
+    loaded = Policy.from_pretrained(tiny_qwen25_dir, load_in_4bit=True)
+    quantized = [m for m in loaded.model.modules() if isinstance(m, Linear4bit)]
+    for m in quantized:  # as bitsandbytes builds them: repacking allowed
+        m.support_avx512bf16_for_cpu = True
+    prompt = chat_prompt("How many shapes?", [Image.new("RGB", (56, 84), "red")])
+    with torch.no_grad():
+        loaded.model(**loaded.encode([prompt]))
+
+    def packed() -> list[bool]:
+        return [getattr(m.weight.quant_state, "packing_format_for_cpu", False) for m in quantized]
+
+    assert all(packed())
+
+    model = get_peft_model(loaded.model, LoraConfig(r=4, target_modules="all-linear"))
+    policy = Policy(model, loaded.processor)
+    assert not any(packed())
+    gens = policy.generate([prompt], max_new_tokens=6, num_return_sequences=2, seed=0)[0]
+    out = policy.completion_logprobs([prompt, prompt], [g.token_ids for g in gens], with_grad=True)
+    for i, g in enumerate(gens):
+        n = len(g.token_ids)
+        assert torch.allclose(out.logprobs[i, :n], torch.tensor(g.logprobs), atol=1e-4)
+    out.logprobs.sum().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
 
 
 @pytest.mark.skipif(not HAS_BNB, reason="needs the qlora extra (bitsandbytes)")

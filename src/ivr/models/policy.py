@@ -30,6 +30,7 @@ and one logits processor, ``_SamplingProcessor``, that masks, records and warps.
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -73,7 +74,7 @@ _VISION_CONFIG_IDS = (
     "image_token_index",
     "video_token_index",
 )
-_HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+_HUB_ID = re.compile(r"^\w[\w.-]*/\w[\w.-]*$")  # org/name (not ./x, ../x)
 
 
 @dataclass(frozen=True)
@@ -210,6 +211,7 @@ class Policy:
             )
         self.model = model
         self.processor = processor
+        _keep_4bit_layout(model)  # sampled and trained: one layout for both (QLoRA on CPU)
         tok = processor.tokenizer
         gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
         eos = [gen_eos] if isinstance(gen_eos, int) else list(gen_eos or [])
@@ -244,12 +246,15 @@ class Policy:
         load_in_4bit: bool = False,
         quantization_config: Any = None,
     ) -> Policy:
-        """Load model + processor from a local directory (or a Hub id on a machine that can reach
-        the Hub). ``min_pixels``/``max_pixels`` override the image processor's resize limits.
+        """Load model + processor from a local directory (or a Hub id already in the local Hugging
+        Face cache: nothing is downloaded). ``min_pixels``/``max_pixels`` override the image
+        processor's resize limits.
 
-        Errors name the culprit: a missing directory, a directory that is not a model (no
-        config.json) or an unreachable Hub id → ``FileNotFoundError``; no usable processor →
-        ``ValueError``. The model is loaded with ``AutoModelForImageTextToText``.
+        Errors name the directory and what is wrong, before any weight is read: a path that is
+        not there or is a file, a Hub id that is not cached, a directory without config.json or
+        without weights → ``FileNotFoundError``; a model that is not a vision-language model, no
+        usable (image) processor → ``ValueError``. The model is loaded with
+        ``AutoModelForImageTextToText``.
 
         Quantized loading (QLoRA): ``quantization_config`` is passed to ``from_pretrained`` as is;
         ``load_in_4bit=True`` builds bitsandbytes nf4 (double quantization, compute in ``dtype``).
@@ -727,23 +732,107 @@ def _select_images(features: Any, images: Sequence[int]) -> Any:
 
 
 def _resolve_model_path(path: str | Path, trust_remote_code: bool) -> str:
-    """A local model directory, or a Hub id when nothing local has that name; errors name it."""
-    p = Path(path).expanduser()
-    if p.exists():
-        if not (p / "config.json").is_file():
-            raise FileNotFoundError(
-                f"{str(p)!r} is not a Hugging Face model directory (no config.json)"
-            )
+    """The local model directory ``path`` names, checked by ``_check_model_dir``. Nothing is ever
+    downloaded: ``path`` is a directory, or an ``org/name`` id already in the local Hugging Face
+    cache (its snapshot directory). Everything else fails at once, naming ``path``."""
+    text = str(path)
+    p = Path(text).expanduser()
+    if p.is_dir():
+        _check_model_dir(p, trust_remote_code)
         return str(p)
-    if not _HUB_ID.match(str(path)):
-        raise FileNotFoundError(f"model directory {str(path)!r} does not exist")
-    try:  # "org/name": maybe a Hub model (cached, or downloadable where that is allowed)
-        AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as e:
+    if p.exists():
+        raise FileNotFoundError(f"model path {text!r} is a file, not a model directory")
+    where = "" if p.is_absolute() else f" (looked for {p.absolute()})"
+    if not _HUB_ID.match(text):  # ./x, ../x, /x, ~/x, a/b/c, …: a path, and it is not there
+        raise FileNotFoundError(f"model directory {text!r} does not exist{where}")
+    snapshot = _cached_snapshot(text)
+    if snapshot is None:
         raise FileNotFoundError(
-            f"{str(path)!r} is neither a local model directory nor a reachable Hub model: {e}"
-        ) from e
-    return str(path)
+            f"model directory {text!r} does not exist{where}, and no Hub model {text!r} is in the "
+            f"local Hugging Face cache; ivr never downloads models: download it once (e.g. "
+            f"`hf download {text} --local-dir DIR`) and set model.path=DIR"
+        )
+    _check_model_dir(snapshot, trust_remote_code)
+    return str(snapshot)
+
+
+def _cached_snapshot(repo_id: str) -> Path | None:
+    """The snapshot directory of Hub model ``repo_id`` in the local cache, if it is there (no
+    network: ``local_files_only``)."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except (OSError, ValueError):  # not cached (LocalEntryNotFoundError), not a valid id
+        return None
+
+
+def _check_model_dir(d: Path, trust_remote_code: bool) -> None:
+    """A model directory ivr can train: a config.json of a vision-language model, and its
+    weights. One-line errors naming ``d`` and what is missing (the processor is checked by
+    ``_load_processor``)."""
+    if not (d / "config.json").is_file():
+        raise FileNotFoundError(
+            f"{str(d)!r} is not a Hugging Face model directory (no config.json)"
+        )
+    config = AutoConfig.from_pretrained(str(d), trust_remote_code=trust_remote_code)
+    if not _is_vision_language(config):
+        what = ", ".join(getattr(config, "architectures", None) or ()) or config.model_type
+        raise ValueError(
+            f"{str(d)!r} is not a vision-language model: its config.json describes {what} "
+            f"(model_type {config.model_type!r}, no vision_config); ivr trains image-text-to-text "
+            f"models such as Qwen2.5-VL or Qwen3-VL"
+        )
+    missing = _missing_weights(d)
+    if missing is not None:
+        raise FileNotFoundError(f"{str(d)!r} has a config.json but {missing}")
+
+
+def _is_vision_language(config: Any) -> bool:
+    """A vision tower in the config, or a model ``AutoModelForImageTextToText`` can build."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING
+
+    auto_map = getattr(config, "auto_map", None) or {}
+    return (
+        getattr(config, "vision_config", None) is not None
+        or type(config) in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING
+        or "AutoModelForImageTextToText" in auto_map
+    )
+
+
+def _missing_weights(d: Path) -> str | None:
+    """What is missing of the weights in model directory ``d`` (None: nothing). A sharded
+    checkpoint's index must find each of its shards; otherwise one *.safetensors or
+    pytorch_model*.bin file (a LoRA adapter's adapter_model.* does not count) is enough."""
+    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        index = d / index_name
+        if index.is_file():
+            shards = sorted(set(json.loads(index.read_text()).get("weight_map", {}).values()))
+            absent = [s for s in shards if not (d / s).is_file()]
+            if not absent:
+                return None
+            more = ", …" if len(absent) > 3 else ""
+            return (
+                f"{len(absent)} of the {len(shards)} weight files its {index_name} lists are "
+                f"missing ({', '.join(absent[:3])}{more})"
+            )
+    for pattern in ("*.safetensors", "pytorch_model*.bin"):
+        if any(not f.name.startswith("adapter_") for f in d.glob(pattern)):
+            return None
+    return "no weights (no *.safetensors or pytorch_model*.bin file)"
+
+
+def _has_image_processor_config(d: Path) -> bool:
+    """preprocessor_config.json, or a processor_config.json with an image_processor entry."""
+    if (d / "preprocessor_config.json").is_file():
+        return True
+    config = d / "processor_config.json"
+    if not config.is_file():
+        return False
+    try:
+        return "image_processor" in json.loads(config.read_text())
+    except ValueError:  # unreadable: the loader's own error says why
+        return True
 
 
 def _load_processor(path: str, trust_remote_code: bool) -> Any:
@@ -764,10 +853,19 @@ def _load_processor(path: str, trust_remote_code: bool) -> Any:
             return fallback.from_pretrained(path)
         except (OSError, ValueError, TypeError) as e:
             error = e
+    if not _has_image_processor_config(Path(path)):
+        raise ValueError(
+            f"no usable image processor in {path!r}: it has no image processor config "
+            f"(preprocessor_config.json, or processor_config.json with an image_processor entry), "
+            f"which a vision-language model directory keeps next to its tokenizer files; copy them "
+            f"from the model it was made from, or pass processor=... to Policy.from_pretrained"
+        ) from error
+    first_line = str(error).strip().splitlines()[0] if error and str(error).strip() else ""
     raise ValueError(
         f"no usable image processor in {path!r}: a VLM directory needs processor_config.json or "
         f"preprocessor_config.json next to the tokenizer files (pass processor=... to "
-        f"Policy.from_pretrained otherwise)" + (f"; loading failed with: {error}" if error else "")
+        f"Policy.from_pretrained otherwise)"
+        + (f"; loading failed with: {first_line}" if error else "")
     ) from error
 
 
@@ -782,6 +880,37 @@ def _set_pixel_limits(processor: Any, min_pixels: int | None, max_pixels: int | 
     if max_pixels is not None:
         size["longest_edge"] = max_pixels
     ip.size = SizeDict(**size)
+
+
+def _keep_4bit_layout(model: torch.nn.Module) -> None:
+    """Keep bitsandbytes' 4-bit layers of a policy in the layout that training can use.
+
+    bitsandbytes (0.50.2 at least) on a CPU with AVX512-BF16: the first forward of a
+    ``Linear4bit`` in eval mode on an input without grad (``generate``, no-grad scoring) repacks
+    its weight, once and for good, into the layout of a fused inference kernel (``gemv_4bit``),
+    and every later forward of that layer, training ones included, goes through that kernel. It
+    (1) computes in bfloat16 whatever the compute dtype: log-probabilities off by up to 0.06 nats
+    on the tiny test model, where sampling and scoring must agree to 1e-4; (2) has no autograd:
+    no gradient flows back through the frozen base weight to the adapters below it, silently on
+    layers without bias; (3) on layers with a bias fails with "a view of a leaf Variable that
+    requires grad is being used in an in-place operation". A policy is sampled and trained with
+    the same weights, so each 4-bit layer has the repacking switched off (the per-layer flag
+    ``support_avx512bf16_for_cpu`` its forward reads) and is unpacked where it already happened.
+    That costs the fused CPU inference kernel (sampling dequantizes as training does) and makes
+    such a CPU run exactly what a CPU without AVX512-BF16 runs; nothing changes on GPUs.
+    """
+    for m in model.modules():
+        if not hasattr(m, "support_avx512bf16_for_cpu"):
+            continue
+        m.support_avx512bf16_for_cpu = False
+        weight = m.weight
+        state = getattr(weight, "quant_state", None)
+        if getattr(state, "packing_format_for_cpu", False):
+            from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
+
+            weight.data, weight.quant_state = _convert_weight_packed_for_cpu_inverse(
+                weight.data, state
+            )
 
 
 def _nf4_config(dtype: str | torch.dtype) -> Any:
