@@ -604,6 +604,46 @@ pre{white-space:pre-wrap;background:#fafafa;padding:.4em;margin:.2em 0;font-size
 """
 
 
+_MODES = {
+    "image": "critique + rectify, image",
+    "description": "critique + rectify, own description",
+    "resample": "resample the original prompt",
+}
+
+
+def _rereason_rows(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    rr = results.get("rereason") or {}
+    rounds = max(
+        (len(m["accuracy_by_round"]) for per in rr.values() for m in per.values()), default=0
+    )
+    header = ["model", "test-time loop", "initial", *[f"round {t}" for t in range(1, rounds)]]
+    header.append("generations")
+    rows = []
+    for model, per in rr.items():
+        for mode, m in per.items():
+            curve = [_pct(a) for a in m["accuracy_by_round"]]
+            label = (
+                _label(results, model.rsplit("_s", 1)[0])
+                if model != "sft"
+                else _label(results, "sft")
+            )
+            rows.append(
+                [
+                    f"{label} ({model})",
+                    _MODES.get(mode, mode),
+                    *curve,
+                    str(m.get("generations", "–")),
+                ]
+            )
+    return header, rows
+
+
+def rereason_table(results: dict[str, Any]) -> str:
+    """Test-time re-reasoning (paper Fig. 5) as markdown: accuracy (%) after the greedy answer and
+    after each round, per model and loop, with the generations each loop spent."""
+    return _md(*_rereason_rows(results))
+
+
 def write_report(
     out: str | Path, results: dict[str, Any], *, data: str | Path | None = None
 ) -> Path:
@@ -660,6 +700,16 @@ def write_report(
             "All-fail groups before: sampled groups with no correct answer; after: the same "
             "groups once accepted traces are mixed in.</p>"
         )
+    header, rows = _rereason_rows(results)
+    if rows:
+        parts += [
+            "<h2>Test-time re-reasoning</h2>",
+            _html_table(header, rows),
+            '<p class="note">Paper Fig. 5 on held-out A: every wrong greedy answer goes through the '
+            "loop at T = 1 (an oracle screen); accuracy after each round. The resample control "
+            "spends the same two generations per round on fresh answers to the original "
+            "prompt.</p>",
+        ]
     parts += ["<h2>Rollout inspector</h2>", _inspector(out, results, data)]
     timings = _timings(results)
     if timings:
@@ -673,4 +723,4 @@ def write_report(
     return path
 
 
-__all__ = ["comparisons_table", "markdown_table", "verdict", "write_report"]
+__all__ = ["comparisons_table", "markdown_table", "rereason_table", "verdict", "write_report"]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from ivr.report import comparisons_table, markdown_table, verdict, write_report
+from ivr.report import comparisons_table, markdown_table, rereason_table, verdict, write_report
 
 
 def cell(mean: float, lo: float, hi: float, per_seed: list[float]) -> dict:
@@ -462,3 +462,25 @@ def test_report_renders_in_headless_chromium(tmp_path) -> None:
     assert colours is None or len(colours) > 50
     # The scene image (pure red 112 px) is drawn somewhere on the page.
     assert any(c[1] == (255, 0, 0) and c[0] > 500 for c in img.getcolors(maxcolors=1 << 20))
+
+
+def test_rereason_table_by_hand() -> None:
+    results = {
+        "methods": {"sft": {"label": "SFT cold start"}},
+        "rereason": {
+            "sft": {
+                "image": {"accuracy_by_round": [0.5, 0.6, 0.65, 0.7], "generations": 120, "n": 300},
+                "resample": {"accuracy_by_round": [0.5, 0.55, 0.6, 0.6], "generations": 130},
+            }
+        },
+    }
+    lines = rereason_table(results).splitlines()
+    assert (
+        lines[0]
+        == "| model | test-time loop | initial | round 1 | round 2 | round 3 | generations |"
+    )
+    assert lines[2] == (
+        "| SFT cold start (sft) | critique + rectify, image | 50.0 | 60.0 | 65.0 | 70.0 | 120 |"
+    )
+    assert lines[3].endswith("| resample the original prompt | 50.0 | 55.0 | 60.0 | 60.0 | 130 |")
+    assert rereason_table({"methods": {}}).count("\n") == 1  # header only when nothing ran
