@@ -126,3 +126,64 @@ def test_a_changed_lr_applies_on_resume_and_is_named(tmp_path) -> None:
     opt2.step()
     sched2.step()
     assert opt2.param_groups[0]["lr"] == pytest.approx(0.5 * sched2.lr_lambdas[0](4))
+
+
+def test_training_state_holds_only_tensors_and_plain_data_and_restores_every_rng(tmp_path) -> None:
+    import random
+
+    import numpy as np
+
+    np.random.seed(7)
+    np.random.randn()  # a cached Gaussian: part of numpy's state too
+    random.seed(7)
+    torch.manual_seed(7)
+    path = _save(tmp_path, 1)
+    blob = path / "training_state.pt"
+    assert torch.serialization.get_unsafe_globals_in_checkpoint(blob) == []
+    expected = (np.random.randn(3), np.random.rand(2), random.random(), torch.rand(3))
+    for _ in range(5):  # move every generator on
+        np.random.rand(), random.random(), torch.rand(1)
+    opt, sched = _optim(_Model())
+    ckpt.restore_training_state(path, opt, sched)
+    got = (np.random.randn(3), np.random.rand(2), random.random(), torch.rand(3))
+    assert np.array_equal(got[0], expected[0]) and np.array_equal(got[1], expected[1])
+    assert got[2] == expected[2] and torch.equal(got[3], expected[3])
+
+
+class _Exploit:
+    """Unpickling this runs code: it writes ``marker`` (what a hostile checkpoint would do)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').write('pwned')",))
+
+
+def test_a_training_state_that_would_run_code_is_refused_naming_the_file(tmp_path) -> None:
+    # the planted object is real: an unrestricted torch.load runs it
+    proof = tmp_path / "proof"
+    torch.save({"x": _Exploit(proof)}, tmp_path / "proof.pt")
+    torch.load(tmp_path / "proof.pt", weights_only=False)
+    assert proof.read_text() == "pwned"
+
+    path = _save(tmp_path / "checkpoints", 1)
+    blob = path / "training_state.pt"
+    state = torch.load(blob, weights_only=True)
+    marker = tmp_path / "marker"
+    state["rng"]["python"] = _Exploit(marker)
+    torch.save(state, blob)
+    assert ckpt.latest_checkpoint(tmp_path / "checkpoints") == path  # an intact archive
+    opt, sched = _optim(_Model())
+    before = [g["lr"] for g in opt.param_groups]
+    for load in (
+        lambda: ckpt.load_training_state(path),
+        lambda: ckpt.restore_training_state(path, opt, sched),
+    ):
+        with pytest.raises(
+            ckpt.CheckpointError,
+            match=rf"{blob}: refused to load: .*\(builtins\.exec\).*could run code",
+        ):
+            load()
+    assert not marker.exists()
+    assert [g["lr"] for g in opt.param_groups] == before  # nothing restored from it

@@ -12,12 +12,17 @@ checkpoint is used instead. A run directory that already holds a run is never si
 ``plan_run`` resumes it, refuses it, or (``train.overwrite``) clears it first. Old checkpoints are
 pruned by step number: the ``keep`` newest at or below the step just saved; any above it belong
 to an abandoned continuation (a resume from an earlier checkpoint) and go.
+
+``training_state.pt`` is loaded with ``torch.load(weights_only=True)``: it holds tensors and plain
+Python data only (the numpy RNG state is stored as a tensor), so a checkpoint someone else
+supplied cannot run code when it is resumed; one that holds anything else is refused, named.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 import re
 import shutil
@@ -50,9 +55,19 @@ class CheckpointError(ValueError):
 
 
 def rng_state() -> dict[str, Any]:
+    """Every RNG state, as tensors and plain Python data (what ``weights_only`` loading allows):
+    python ``random`` (a tuple of ints), numpy's legacy global RNG (its MT19937 key as an int64
+    tensor) and torch's (CPU and CUDA byte tensors)."""
+    kind, key, pos, has_gauss, gauss = np.random.get_state(legacy=True)
     state = {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": {
+            "kind": str(kind),
+            "key": torch.from_numpy(key.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "gauss": float(gauss),
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -62,7 +77,10 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    n = state["numpy"]
+    if isinstance(n, dict):
+        n = (n["kind"], n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"])
+    np.random.set_state(n)  # already a tuple holding an ndarray: a checkpoint of an older version
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -289,10 +307,53 @@ def load_training_state(path: str | Path) -> tuple[dict[str, Any], dict[str, Any
     state, blob = path / "trainer_state.json", path / "training_state.pt"
     _verify_json(state)
     try:
-        blobs = torch.load(blob, weights_only=False)
+        # Tensors and plain data only: unpickling anything else could run code. The numpy
+        # globals are the ndarray of the numpy RNG state in checkpoints written before it was
+        # stored as a tensor; an ndarray's contents go through the same restricted unpickler.
+        with torch.serialization.safe_globals(_LEGACY_NUMPY_GLOBALS):
+            blobs = torch.load(blob, weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as e:
+        if "Weights only load failed" not in str(e):
+            raise CheckpointError(f"{blob}: cannot be loaded ({e})") from e
+        what = _unsafe_globals(blob) or re.findall(r"Unsupported global: GLOBAL (\S+)", str(e))
+        what = f" ({', '.join(what)})" if what else ""
+        raise CheckpointError(
+            f"{blob}: refused to load: it holds an object other than tensors and plain data"
+            f"{what}, which could run code when unpickled. ivr writes no such object: the file "
+            "was not written by ivr, or has been tampered with; do not resume from it unless "
+            "you trust its source"
+        ) from None
     except Exception as e:  # torch raises several types for a damaged archive
         raise CheckpointError(f"{blob}: cannot be loaded ({e})") from e
     return json.loads(state.read_text()), blobs
+
+
+def _unsafe_globals(blob: Path) -> list[str]:
+    """The names of what ``blob`` would import to unpickle, beyond what ``weights_only`` allows
+    (read from the pickle's opcodes, nothing executed)."""
+    try:
+        with torch.serialization.safe_globals(_LEGACY_NUMPY_GLOBALS):
+            return list(torch.serialization.get_unsafe_globals_in_checkpoint(blob))
+    except Exception:  # a damaged archive: the load error says what it can
+        return []
+
+
+def _legacy_numpy_globals() -> list[Any]:
+    """What an ndarray pickles as (under numpy 2's and numpy 1's module names)."""
+    try:
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import _reconstruct
+    return [
+        (_reconstruct, "numpy._core.multiarray._reconstruct"),
+        (_reconstruct, "numpy.core.multiarray._reconstruct"),
+        np.ndarray,
+        np.dtype,
+        type(np.dtype(np.uint32)),  # numpy.dtypes.UInt32DType: the legacy RNG key's dtype
+    ]
+
+
+_LEGACY_NUMPY_GLOBALS = _legacy_numpy_globals()
 
 
 def _flat(d: dict[str, Any] | None) -> dict[str, Any]:
