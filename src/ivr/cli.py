@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 
-def _config_args(p: argparse.ArgumentParser) -> None:
+def _config_args(p: argparse.ArgumentParser, example: str) -> None:
     p.add_argument("--config", "-c", help="YAML recipe (configs/*.yaml)")
     p.add_argument(
         "--resume",
@@ -26,7 +26,7 @@ def _config_args(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="start fresh in an output dir that holds a run (its files are removed first)",
     )
-    p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. algo.beta=0.04")
+    p.add_argument("overrides", nargs="*", help=f"section.key=value overrides, e.g. {example}")
 
 
 def _load(args: argparse.Namespace):
@@ -45,18 +45,22 @@ def _load(args: argparse.Namespace):
 def cmd_train(args: argparse.Namespace) -> int:
     import os
 
+    from .console import print_train_summary
     from .rl.trainer import train
 
-    metrics = train(_load(args))
+    cfg = _load(args)
+    metrics = train(cfg)
     if os.environ.get("RANK", "0") == "0":  # metrics are already reduced over ranks: print once
-        print({k: round(v, 4) for k, v in metrics.items() if k.startswith(("reward/", "ivr/"))})
+        print_train_summary(metrics, cfg.train.output_dir)
     return 0
 
 
 def cmd_sft(args: argparse.Namespace) -> int:
+    from .console import print_sft_summary
     from .sft import run_sft
 
-    run_sft(_load(args))
+    cfg = _load(args)
+    print_sft_summary(run_sft(cfg), cfg.train.output_dir)
     return 0
 
 
@@ -114,25 +118,41 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Commands that never import transformers: their output needs no switch that would import it.
+_NO_LIBRARIES = ("synth", "score")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ivr", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="ivr",
+        description=__doc__.splitlines()[0],
+        epilog="IVR_DEBUG=1: tracebacks instead of one-line errors, and third-party output (-v)",
+    )
+    # -v before or after the command; the subcommand's default must not undo `ivr -v train`
+    verbose = dict(action="store_true", help="keep third-party logs, progress bars and warnings")
+    parser.add_argument("--verbose", "-v", **verbose)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--verbose", "-v", **verbose, default=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="GRPO / IVR-R1 / baselines from a YAML recipe")
-    _config_args(p)
+    def add(name: str, **kw):
+        return sub.add_parser(name, parents=[common], **kw)
+
+    p = add("train", help="GRPO / IVR-R1 / baselines from a YAML recipe")
+    _config_args(p, "algo.beta=0.04 train.steps=200")
     p.set_defaults(fn=cmd_train)
 
-    p = sub.add_parser("sft", help="SFT cold start on chat JSONL (assistant tokens only)")
-    _config_args(p)
+    p = add("sft", help="SFT cold start on chat JSONL (assistant tokens only)")
+    _config_args(p, "sft.steps=1700 sft.lr=1e-3")
     p.set_defaults(fn=cmd_sft)
 
-    p = sub.add_parser("synth", help="render the synthetic visual-reasoning world")
+    p = add("synth", help="render the synthetic visual-reasoning world")
     from .data.synth import add_synth_arguments
 
     add_synth_arguments(p)
     p.set_defaults(fn=cmd_synth)
 
-    p = sub.add_parser("build-tiny", help="build a tiny random Qwen-VL offline (tests, demo)")
+    p = add("build-tiny", help="build a tiny random Qwen-VL offline (tests, demo)")
     p.add_argument("--out", required=True)
     p.add_argument("--arch", default="qwen2_5_vl", choices=["qwen2_5_vl", "qwen3_vl"])
     p.add_argument("--hidden", type=int, default=128)
@@ -148,11 +168,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     p.set_defaults(fn=cmd_build_tiny)
 
-    p = sub.add_parser("score", help="grade a JSONL of predictions offline")
-    p.add_argument("file")
+    p = add(
+        "score",
+        help="grade a JSONL of predictions offline",
+        description="Grade a JSONL of model outputs with the training rewards' graders.",
+        epilog="Each line a JSON object: the model's output under 'completion' or 'response' "
+        "(ivr eval's predictions.jsonl), a string or a chat message list, and either 'answer' "
+        "(with optional 'answer_type', 'choices', 'precision', 'unit'), graded by the accuracy "
+        "and format rewards, or 'boxes' [[x1, y1, x2, y2], ...] with 'image_size' [w, h], "
+        "scored by the Vision-R1 localization reward. Other keys are ignored; a row with "
+        "nothing to grade (a null answer) is skipped and listed. See src/ivr/rewards/score.py.",
+    )
+    p.add_argument("file", help="JSONL of predictions, e.g. eval/ivr/synth/predictions.jsonl")
     p.set_defaults(fn=cmd_score)
 
-    p = sub.add_parser("eval", help="evaluate a model on benchmarks (resumable)")
+    p = add("eval", help="evaluate a model on benchmarks (resumable)")
     try:
         from .eval.cli import add_eval_arguments
     except ImportError:  # pragma: no cover - eval module missing in a broken install
@@ -161,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_eval_arguments(p)
     p.set_defaults(fn=cmd_eval)
 
-    p = sub.add_parser("demo", help="the main job: synth → SFT → GRPO & IVR-R1 → eval → report")
+    p = add("demo", help="the main job: synth → SFT → GRPO & IVR-R1 → eval → report")
     try:
         from .demo import add_demo_arguments
     except ImportError:  # pragma: no cover
@@ -174,14 +204,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    import os
-
     from .config import ConfigError
+    from .console import debug_enabled, third_party_quiet
 
-    try:
-        return args.fn(args)
+    try:  # IVR_DEBUG=1 or -v: everything the libraries say
+        with third_party_quiet(args.verbose, libraries=args.command not in _NO_LIBRARIES):
+            return args.fn(args)
     except (ConfigError, OSError, ValueError) as e:
-        if os.environ.get("IVR_DEBUG"):
+        if debug_enabled():
             raise
         # Input problems and file system errors get one clear line naming the key or the path,
         # not a traceback from deep inside a library (IVR_DEBUG=1 shows the traceback).

@@ -86,7 +86,7 @@ def test_only_localization_rows(tmp_path: Path) -> None:
     [
         ("{not json", "not valid JSON"),
         ("[1, 2]", "expected a JSON object"),
-        (json.dumps({"answer": "1"}), "missing key 'completion'"),
+        (json.dumps({"answer": "1"}), r"missing key 'completion' \(or 'response'"),
         (json.dumps({"completion": "x"}), "needs 'answer'"),
         (json.dumps({"completion": "x", "boxes": [[0, 0, 1, 1]]}), "image_size"),
         (json.dumps({"completion": "x", "answer": "1", "answer_type": "bogus"}), "answer_type"),
@@ -123,3 +123,19 @@ def test_skipped_rows_are_counted_and_explained(tmp_path: Path) -> None:
     assert lines[-2] == "skipped line 2: 'answer' is null (and no 'boxes')"
     assert lines[-1].startswith("skipped line 4: answer_type 'boxes' is not graded")
     assert [x.split()[:2] for x in lines if x.startswith("all")] == [["all", "4"]]
+
+
+def test_ivr_eval_predictions_are_graded_from_their_response(tmp_path: Path) -> None:
+    """``ivr eval`` writes the model's output as ``response``: ``ivr score`` grades it as it is,
+    the same as the same rows under ``completion`` (which wins where a row has both)."""
+    as_completion = [r for r in ROWS if "boxes" not in r]
+    as_response = [
+        {("response" if k == "completion" else k): v for k, v in r.items()} for r in as_completion
+    ]
+    both = [{**r, "response": r"\boxed{nonsense}"} for r in as_completion]
+    want = score_file(write(tmp_path / "c.jsonl", as_completion))
+    for name, rows in (("r.jsonl", as_response), ("b.jsonl", both)):
+        got = score_file(write(tmp_path / name, rows))
+        assert {k: v for k, v in got.items() if k != "path"} == {
+            k: v for k, v in want.items() if k != "path"
+        }

@@ -10,7 +10,9 @@ per line, two kinds of rows (they may be mixed):
   [w, h], "input_size"?, "labels"?}``: scored by the Vision-R1 reward at its initial thresholds
   (``progress`` 0 unless a row says otherwise).
 
-``completion`` may be a string or a chat message list. Other keys are carried along and ignored.
+``completion`` may be a string or a chat message list; ``response`` is taken where there is no
+``completion`` (the predictions of ``ivr eval``, ``eval/<run>/<benchmark>/predictions.jsonl``, so
+they can be re-graded as they are). Other keys are carried along and ignored.
 A row with nothing to grade (a null ``answer``, an ``answer_type`` the accuracy reward does not
 apply to, such as ``boxes`` without boxes) is skipped: counted, and listed with its line and why.
 """
@@ -46,7 +48,12 @@ def _load_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
                     f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}"
                 )
             if "completion" not in row:
-                raise ValueError(f"{path}:{lineno}: missing key 'completion'")
+                if "response" not in row:
+                    raise ValueError(
+                        f"{path}:{lineno}: missing key 'completion' (or 'response', as in "
+                        "ivr eval's predictions.jsonl): the model's output to grade"
+                    )
+                row = {**row, "completion": row["response"]}
             if "answer" not in row and "boxes" not in row:
                 raise ValueError(
                     f"{path}:{lineno}: needs 'answer' (QA row) or 'boxes' (localization row)"
