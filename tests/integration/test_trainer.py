@@ -180,20 +180,27 @@ def test_question_prompt_for_box_tasks_is_the_question_itself(colour_world) -> N
     assert p.messages[0]["content"][-1]["text"] == "Locate every circle."
 
 
-def test_rectified_traces_are_trained_on_the_original_prompt(
-    tmp_path, tiny_qwen25_dir, colour_world
-) -> None:
+def rectifying_step(tmp_path, model_dir, samples, *extra: str) -> Trainer:
+    """One IVR step in which every rollout fails and every rectification (k = 2) succeeds."""
     cfg = cfg_for(
         tmp_path,
-        tiny_qwen25_dir,
+        model_dir,
         "train.steps=1",
         "ivr.enabled=true",
         "ivr.k=2",
         "ivr.critique_max_new_tokens=3",
         "train.save_every=0",
+        *extra,
     )
-    trainer = Trainer(cfg, samples=colour_world)
+    trainer = Trainer(cfg, samples=samples)
     trainer.scorer = first_wrong_then_right()
+    return trainer
+
+
+def test_rectified_traces_are_trained_on_the_original_prompt(
+    tmp_path, tiny_qwen25_dir, colour_world
+) -> None:
+    trainer = rectifying_step(tmp_path, tiny_qwen25_dir, colour_world)
     seen = []
     real = trainer.policy.completion_logprobs
 
@@ -210,6 +217,31 @@ def test_rectified_traces_are_trained_on_the_original_prompt(
     # never on the critique/rectify prompt that produced it.
     assert texts <= originals and not any("previous answer" in t for t in texts)
     assert len(seen) == 2 * 4 and m["loss/off_policy_sequences"] == 4
+
+
+def test_off_policy_grad_share_is_pooled_over_micro_batches(
+    tmp_path, tiny_qwen25_dir, colour_world, monkeypatch
+) -> None:
+    import ivr.rl.trainer as trainer_module
+
+    # 2 groups × 4 rows (2 rectified per group) in micro-batches of 3, 3 and 2 rows: micro-batches
+    # with different totals of push Σ|∂ℓ/∂log p|, so the mean of their shares is not the share.
+    trainer = rectifying_step(tmp_path, tiny_qwen25_dir, colour_world, "algo.micro_batch_size=3")
+    micros = []
+    real = trainer_module.policy_loss
+
+    def spy(*args, **kwargs):
+        loss, m = real(*args, **kwargs)
+        micros.append({k: float(v) for k, v in m.items()})
+        return loss, m
+
+    monkeypatch.setattr(trainer_module, "policy_loss", spy)
+    m = trainer.train()
+    assert len(micros) == 3 and m["loss/off_policy_sequences"] == 4
+    pooled = sum(x["off_policy_grad"] for x in micros) / sum(x["policy_grad"] for x in micros)
+    mean_of_shares = sum(x["off_policy_grad_share"] for x in micros) / 3
+    assert abs(pooled - mean_of_shares) > 1e-3  # the two readings differ on this data
+    assert m["loss/off_policy_grad_share"] == pytest.approx(pooled, rel=1e-5)
 
 
 def test_self_reward_is_added_after_screening(

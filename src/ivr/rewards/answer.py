@@ -4,9 +4,11 @@ r_acc = 1 iff the content of the LAST ``\boxed{}`` of a response grades equal to
 with the task's grader, else 0 (no ``\boxed{}`` -> 0). The graders, one per answer type:
 
 =============  ================================================================================
-integer        exact integer value; units, ``x = 12``, thousands commas tolerated
+integer        exact integer value of the box's number or expression (with an ``=``, of the
+               right-hand side of the last one); units, ``x = 12``, thousands commas tolerated
 float          both sides rounded to ``precision`` decimals (MathVista convention); when the
-               precision is missing, to the number of decimals written in the gold
+               precision is missing, to the number of decimals written in the gold; the box
+               read as for integer
 expression     math-verify ``parse`` + ``verify`` (fractions, radicals, sets, tuples, intervals,
                degrees, percent, ``x=3`` vs ``3``)
 choice         letters A-J (``B``, ``(B)``, ``\text{B}``, ``B. text``, ``B)``) or the option text;
@@ -552,25 +554,47 @@ def _size_bound(parsed: Sequence[Any]) -> float:
 
 
 @functools.lru_cache(maxsize=8192)
-def _parse_cached(s: str) -> tuple[Any, ...]:
+def _parse_cached(s: str, latex_only: bool = False) -> tuple[Any, ...]:
+    """math-verify's parse of ``\\boxed{s}``.
+
+    ``latex_only``: the box must parse whole as LaTeX, or nothing comes back. math-verify's
+    default also tries its plain-expression extractor, which takes the last number it finds in a
+    box it cannot parse (``foo. sum = 2 + 3`` -> 3): fine for free-form expressions, where
+    the LaTeX parse comes first anyway, but the numeric graders need the box's value.
+    """
     from math_verify import parse
 
-    return tuple(parse("\\boxed{" + s + "}", parsing_timeout=None))
+    if not latex_only:
+        return tuple(parse("\\boxed{" + s + "}", parsing_timeout=None))
+    from math_verify import LatexExtractionConfig
+
+    return tuple(
+        parse(
+            "\\boxed{" + s + "}",
+            extraction_config=[LatexExtractionConfig(boxed_match_priority=0)],
+            fallback_mode="no_fallback",
+            extraction_mode="first_match",
+            parsing_timeout=None,
+        )
+    )
 
 
 #: In-process verification handles magnitudes up to 10^this; heavier goes to the worker.
 _IN_PROCESS_DIGITS = 100.0
 
 
-def _verify_unbounded(gold: str, pred: str, max_digits: float = MAX_DIGITS) -> bool | None:
+def _verify_unbounded(
+    gold: str, pred: str, max_digits: float = MAX_DIGITS, *, latex_only: bool = False
+) -> bool | None:
     """math-verify with its own timeout disabled: only call on screened input or in the worker.
 
     False when a side has numbers beyond ``MAX_DIGITS`` digits (never computed); None when a side
-    is heavier than ``max_digits`` (the caller should use the worker instead).
+    is heavier than ``max_digits`` (the caller should use the worker instead). ``latex_only`` as
+    in ``_parse_cached``.
     """
     from math_verify import verify
 
-    g, p = _parse_cached(gold), _parse_cached(pred)
+    g, p = _parse_cached(gold, latex_only), _parse_cached(pred, latex_only)
     if not g or not p:
         return False
     heaviest = max(_size_bound(g), _size_bound(p))
@@ -667,7 +691,9 @@ class _GraderWorker:
         with self._lock:
             return hasattr(select, "poll") and self._ensure_ready()
 
-    def grade(self, gold: str, pred: str, timeout_s: float) -> bool | None:
+    def grade(
+        self, gold: str, pred: str, timeout_s: float, *, latex_only: bool = False
+    ) -> bool | None:
         """True/False, or None when the bound was hit or no worker is available."""
         if not hasattr(select, "poll") or not self._lock.acquire(timeout=max(timeout_s, 0.0)):
             return None
@@ -675,7 +701,8 @@ class _GraderWorker:
             if not self._ensure_ready():
                 return None
             assert self._proc is not None and self._proc.stdin is not None
-            self._proc.stdin.write((json.dumps({"gold": gold, "pred": pred}) + "\n").encode())
+            request = {"gold": gold, "pred": pred, "latex_only": latex_only}
+            self._proc.stdin.write((json.dumps(request) + "\n").encode())
             line = self._readline(time.monotonic() + timeout_s)
             if line is None:  # overran: kill it and pre-launch the next one
                 self._kill()
@@ -708,7 +735,8 @@ def _worker_main() -> None:
     for line in sys.stdin:
         try:
             req = json.loads(line)
-            ok = bool(_verify_unbounded(str(req["gold"]), str(req["pred"])))
+            gold, pred, latex_only = str(req["gold"]), str(req["pred"]), bool(req["latex_only"])
+            ok = bool(_verify_unbounded(gold, pred, latex_only=latex_only))
         except Exception:
             ok = False
         out.write("1\n" if ok else "0\n")
@@ -773,6 +801,12 @@ def grade_expression(pred: str, gold: str, *, timeout_s: float = DEFAULT_TIMEOUT
     >>> grade_expression("(10^{9999})^{9999}", "5")  # 10^(10^8) has too many digits: refused
     False
     """
+    return _grade_math(pred, gold, timeout_s=timeout_s)
+
+
+def _grade_math(pred: str, gold: str, *, timeout_s: float, latex_only: bool = False) -> bool:
+    """``grade_expression``; ``latex_only`` (the numeric graders): math-verify must parse each
+    side whole as LaTeX (``_parse_cached``), never pick a number out of it."""
     if not pred or len(pred) > MAX_ANSWER_CHARS:
         return False
     pred, gold = _normalize_math(pred), _normalize_math(gold)  # √3, 30° -> \sqrt{3}, 30^{\circ}
@@ -786,12 +820,14 @@ def grade_expression(pred: str, gold: str, *, timeout_s: float = DEFAULT_TIMEOUT
     if _cheap_enough(pred) and _cheap_enough(gold):
         with _MV_LOCK:
             try:
-                verdict = _verify_unbounded(gold, pred, max_digits=_IN_PROCESS_DIGITS)
+                verdict = _verify_unbounded(
+                    gold, pred, max_digits=_IN_PROCESS_DIGITS, latex_only=latex_only
+                )
             except Exception:
                 return False
         if verdict is not None:
             return verdict
-    return bool(_WORKER.grade(gold, pred, timeout_s))
+    return bool(_WORKER.grade(gold, pred, timeout_s, latex_only=latex_only))
 
 
 # --------------------------------------------------------------------------------------------
@@ -806,19 +842,87 @@ def _gold_number(answer: str, field: str = "answer") -> Decimal:
     return value
 
 
+#: An ``=`` after which the answer follows (``x = 5``, ``x := 5``, ``x == 5``), or an
+#: ``\approx``; ``<=``, ``>=`` and ``!=`` are relations, not assignments.
+_EQUALS_RE = re.compile(r"(?<![<>!])=|\\approx(?![A-Za-z])|≈")
+#: A trailing ``\text{ cm}``-style group: a unit after an expression (``2 \times 6 \text{ cm}``).
+_TRAILING_WRAPPER_RE = re.compile(
+    r"\\(?:text|textit|textrm|texttt|mathrm|mbox|operatorname)\s*\{[^{}0-9]*\}\s*$"
+)
+
+
+def _final_answer(pred: str) -> str:
+    r"""What a numeric box states: the right-hand side of its LAST ``=`` (or ``\approx``),
+    else the whole box. ``sum = 1 + 6 + 6`` -> ``1 + 6 + 6``; ``x = y = 5`` -> ``5``.
+
+    Whatever comes before that ``=`` is not the answer, so it cannot make it right (``foo. sum =
+    2 + 3`` is 5, not the 3 math-verify would pick out of the whole box) nor wrong.
+    """
+    ends = [m.end() for m in _EQUALS_RE.finditer(pred)]
+    return pred[ends[-1] :] if ends else pred
+
+
+def _value_expression(answer: str, unit: str | None) -> str | None:
+    r"""``answer`` (a ``_final_answer``) as an expression to take the value of, or None when it
+    is not mathematics.
+
+    A trailing unit is dropped first (the ``unit`` column, or a ``\text{}``-style group without
+    digits: ``2 \times 6 \text{ cm}``), and trailing periods. What is left must read as
+    mathematics (``_math_of``: no word of two or more letters), so ``foo. 2 + 3`` and
+    ``0 apples + 3`` (0·a·p·p·l·e·s + 3 = 3 to sympy) have no value; math-verify must then parse
+    it whole (``latex_only``).
+    """
+    s = answer.strip().rstrip(".").strip()
+    u = _strip_latex(str(unit)).strip() if unit else ""
+    if u and s.lower().endswith(u.lower()):
+        s = s[: -len(u)].strip()
+    s = _TRAILING_WRAPPER_RE.sub("", s).strip()
+    if not s or _math_of(_normalize_math(_strip_latex(s))) is None:
+        return None
+    return s
+
+
+def _numeric_answer(pred: str, unit: str | None) -> tuple[Decimal | None, str]:
+    r"""``(number, answer)``: the number a numeric box states, if it states one, and its answer
+    (``_final_answer``), which is what the graders fall back on.
+
+    The whole box is tried first (``x = 12``, ``12 cm``, ``12 apples``), then its answer
+    (``5 \text{ cm} = 50 \text{ mm}`` -> 50).
+    """
+    value = parse_number(pred, unit)
+    answer = _final_answer(pred)
+    if value is None and answer != pred:
+        value = parse_number(answer, unit)
+    return value, answer
+
+
+def _states_value(answer: str, gold: Decimal, unit: str | None) -> bool:
+    """``answer`` is an expression (``_value_expression``) whose value is ``gold``."""
+    expr = _value_expression(answer, unit)
+    if expr is None:
+        return False
+    return _grade_math(expr, format(gold, "f"), timeout_s=DEFAULT_TIMEOUT_S, latex_only=True)
+
+
 def grade_integer(pred: str, gold: str, *, unit: str | None = None) -> bool:
     r"""Integer answers: equal values (``12.0`` counts as ``12``), units tolerated.
 
+    The answer is the box's number, or the value of the expression it states; with an ``=`` in
+    the box, of its right-hand side (``_final_answer``). Words around the numbers make it no
+    expression, whatever number math-verify could pick out of them.
+
     >>> grade_integer("12 cm", "12"), grade_integer("\\frac{24}{2}", "12"), grade_integer("13", "12")
     (True, True, False)
+    >>> grade_integer("sum = 1 + 6 + 6", "13"), grade_integer("foo. sum = 2 + 3", "3")
+    (True, False)
     """
     target = _gold_number(gold)
     if target != target.to_integral_value():
         raise ValueError(f"answer={gold!r} is not an integer, but its answer_type is 'integer'")
-    value = parse_number(pred, unit)
+    value, answer = _numeric_answer(pred, unit)
     if value is not None:
         return value.is_finite() and value == target
-    return grade_expression(pred, str(int(target)))
+    return _states_value(answer, target.to_integral_value(), unit)
 
 
 def _decimals(s: str) -> int:
@@ -833,6 +937,8 @@ def grade_float(
 
     With no precision, the gold is taken to be written at the intended precision, so its number
     of decimals is used (``"1.5"`` -> 1). Rounding is half-up on the decimal digits as written.
+    The box's answer is read as by ``grade_integer``; an expression's value is compared by
+    math-verify's rule (6 decimals), not rounded to ``precision``.
 
     >>> grade_float("1.2499", "1.25", precision=2), grade_float("3.14159", "3.14")
     (True, True)
@@ -841,11 +947,11 @@ def grade_float(
     """
     target = _gold_number(gold)
     digits = _decimals(str(gold)) if precision is None else precision
-    value = parse_number(pred, unit)
+    value, answer = _numeric_answer(pred, unit)
     if value is None:
-        value = _parse_fraction(pred)
+        value = _parse_fraction(answer)
     if value is None:
-        return grade_expression(pred, str(gold))
+        return _states_value(answer, target, unit)
     if not value.is_finite():
         return False
     quantum = Decimal(1).scaleb(-digits)

@@ -185,8 +185,9 @@ def policy_loss(
         (on-policy), ``kl`` (mean k3; 0 without ``ref_logprobs``), ``off_policy_token_share``,
         ``off_policy_prob_mean`` (mean p on off-policy tokens), ``off_policy_grad_share`` (the
         share of Σ|∂ℓ/∂log p| over the batch's tokens that falls on off-policy tokens: how much
-        of the policy-gradient push rectified traces carry; KL excluded) and ``entropy`` when
-        given.
+        of the policy-gradient push rectified traces carry; KL excluded), its numerator and
+        denominator ``off_policy_grad`` and ``policy_grad`` (sums, so that a caller splitting a
+        batch into micro-batches can pool the share exactly) and ``entropy`` when given.
         Means over an empty set of tokens are 0.
     """
     b, t = _check_inputs(
@@ -225,6 +226,9 @@ def policy_loss(
 
     with torch.no_grad():
         on_mask, off_mask = mask * ~off_tok, mask * off_tok
+        off_grad, grad = _off_policy_grad(
+            logp.detach(), adv, ratio, clipped, off_tok, mask, shaping_gamma
+        )
         metrics = {
             "loss": loss.detach(),
             "clip_frac": _mean(clipped.to(dtype), on_mask),
@@ -232,16 +236,16 @@ def policy_loss(
             "kl": loss.new_zeros(()) if kl is None else _mean(kl, mask),
             "off_policy_token_share": _mean(off_tok.to(dtype), mask),
             "off_policy_prob_mean": _mean(logp.detach().exp(), off_mask),
-            "off_policy_grad_share": _off_policy_grad_share(
-                logp.detach(), adv, ratio, clipped, off_tok, mask, shaping_gamma
-            ),
+            "off_policy_grad_share": _grad_share(off_grad, grad),
+            "off_policy_grad": off_grad,
+            "policy_grad": grad,
         }
         if entropy is not None:
             metrics["entropy"] = _mean(entropy.to(dtype), mask)
     return loss, metrics
 
 
-def _off_policy_grad_share(
+def _off_policy_grad(
     logp: Tensor,
     adv: Tensor,
     ratio: Tensor,
@@ -249,17 +253,21 @@ def _off_policy_grad_share(
     off_tok: Tensor,
     mask: Tensor,
     gamma: float | None,
-) -> Tensor:
-    """Σ over off-policy tokens of |∂ℓ/∂log p| divided by the Σ over all tokens (0-d, detached).
+) -> tuple[Tensor, Tensor]:
+    """(Σ over off-policy tokens of |∂ℓ/∂log p|, Σ over all tokens), 0-d and detached.
 
     Per token: on-policy |Â|·ρ where the unclipped branch is active, else 0; off-policy
-    |Â|·γp/(p+γ)² with shaping, |Â|·p without (``shaped_surrogate``). 0 when nothing pushes.
+    |Â|·γp/(p+γ)² with shaping, |Â|·p without (``shaped_surrogate``).
     """
     p = logp.exp()
     shaped = p if gamma is None else gamma * p / (p + gamma) ** 2
     w = adv.abs() * torch.where(off_tok, shaped, ratio * (~clipped).to(ratio.dtype)) * mask
-    total = w.sum()
-    return torch.where(total > 0, (w * off_tok).sum() / total.clamp(min=1e-30), 0.0)
+    return (w * off_tok).sum(), w.sum()
+
+
+def _grad_share(off_grad: Tensor, grad: Tensor) -> Tensor:
+    """``off_policy_grad_share`` from its sums: ``off_grad / grad``, 0 when nothing pushes."""
+    return torch.where(grad > 0, off_grad / grad.clamp(min=1e-30), 0.0)
 
 
 def _mean(x: Tensor, mask: Tensor) -> Tensor:

@@ -36,7 +36,7 @@ import math
 import random
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -513,8 +513,8 @@ class Trainer:
                 self.optimizer.step()
                 self.scheduler.step()
         self._lockstep_forwards(False)
-        means = torch.stack(list(sums.values())).tolist() if sums else []  # the one host sync
-        out = {f"loss/{k}": v / max(count, 1) for k, v in zip(sums, means)}
+        totals = torch.stack(list(sums.values())).tolist() if sums else []  # the one host sync
+        out = _loss_metrics(dict(zip(sums, totals)), count, self._global_sum)
         out["loss/grad_norm"] = float(np.mean(grad_norms))
         if rows:  # a rank without rows leaves these to the others (``_reduce`` averages the rest)
             out["loss/off_policy_sequences"] = float(sum(r.off_policy for _, r in rows))
@@ -757,6 +757,39 @@ class Trainer:
 
 
 # ---------------------------------------------------------------------- small helpers
+#: ``policy_loss`` metrics that are a ratio of two of its sums: name -> (numerator,
+#: denominator). ``_loss_metrics`` pools them; the sums themselves are not logged.
+_POOLED_RATIOS: dict[str, tuple[str, str]] = {
+    "off_policy_grad_share": ("off_policy_grad", "policy_grad"),
+}
+
+
+def _loss_metrics(
+    sums: dict[str, float], count: int, global_sum: Callable[..., Any]
+) -> dict[str, float]:
+    """The update's ``loss/*`` metrics from the sums of ``policy_loss``'s metrics over its
+    ``count`` micro-batches (this rank's).
+
+    Most are the mean over micro-batches of each micro-batch's value (``_reduce`` then averages
+    the ranks). A ratio in ``_POOLED_RATIOS`` is exact instead: Σ numerator / Σ denominator over
+    every micro-batch of the update on every rank (``global_sum``, one collective, which every
+    rank makes whatever its data), 0 when the denominator is 0. The mean of the micro-batches'
+    ratios would weigh a micro-batch that barely pushes like one that pushes hard.
+    """
+    sums = dict(sums)
+    pairs = []
+    for name, (num, den) in _POOLED_RATIOS.items():
+        sums.pop(name, None)
+        pairs += [sums.pop(num, 0.0), sums.pop(den, 0.0)]
+    out = {f"loss/{k}": v / max(count, 1) for k, v in sums.items()}
+    pooled = global_sum(*pairs)
+    pooled = list(pooled) if isinstance(pooled, (tuple, list)) else [pooled]
+    for i, name in enumerate(_POOLED_RATIOS):
+        num, den = pooled[2 * i], pooled[2 * i + 1]
+        out[f"loss/{name}"] = num / den if den > 0 else 0.0
+    return out
+
+
 def _pad(rows: Sequence[Sequence[float]], T: int) -> Tensor:
     out = torch.zeros(len(rows), T)
     for i, r in enumerate(rows):
