@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from scipy import stats
 
 from ivr.eval.stats import accuracy_ci, paired_test, pooled_paired, seed_summary
 
@@ -48,15 +49,17 @@ def test_mcnemar_edge_cases_by_hand() -> None:
     assert (r["p"], r["diff"], r["lo"], r["hi"], r["b01"], r["b10"]) == (1.0, 0.0, 0.0, 0.0, 0, 0)
 
 
-def test_sign_test_on_fractional_scores_by_hand() -> None:
+def test_paired_t_on_fractional_scores_by_hand() -> None:
     # Means of 4 samples per item. d = a − b = [.25, 0, .25, −.25, .25]: 3 positive, 1 negative,
-    # 1 tie (dropped). p = 2·P(X ≤ 1 | n = 4) = 2·(1 + 4)/16 = 0.625. mean d = 0.5/5 = 0.1.
+    # 1 tie. mean d = 0.5/5 = 0.1; squared deviations .0225+.01+.0225+.1225+.0225 = 0.2, sample
+    # variance 0.2/4 = 0.05, sd = √0.05, se = √0.05/√5 = 0.1 → t = 1 exactly, df = 4;
+    # two-sided p = 2·P(T₄ > 1) = 0.37390 (t table: P(T₄ > 1) = 0.18695).
     a = [0.75, 0.5, 1.0, 0.25, 0.5]
     b = [0.5, 0.5, 0.75, 0.5, 0.25]
     r = paired_test(a, b, n_boot=500)
-    assert r["test"] == "sign"
+    assert r["test"] == "paired_t"
     assert (r["n_pos"], r["n_neg"], r["n_ties"]) == (3, 1, 1)
-    assert r["p"] == pytest.approx(0.625)
+    assert r["p"] == pytest.approx(0.37390, abs=1e-5)
     assert r["diff"] == pytest.approx(0.1)
     assert "b01" not in r
 
@@ -136,17 +139,32 @@ def test_seed_summary_edge_cases() -> None:
 def test_pooled_paired_by_hand() -> None:
     # Seed 1: d = [0, 1, 0, 0, 0, 1]; seed 2: d = [0, 1, 0, 1, 0, −1] (each block ×10 items).
     # Per-item seed means m = [0, 1, 0, .5, 0, 0]: 2 positive, 0 negative, 4 ties per block →
-    # 20 vs 0 over 60 items, p = 2·(½)^20 = 1.907e-6. diff = mean(m) = 1.5/6 = 0.25
-    # = mean of the per-seed differences (1/3 + 1/6)/2.
+    # 20 vs 0 over 60 items. diff = mean(m) = 1.5/6 = 0.25 = mean of the per-seed differences
+    # (1/3 + 1/6)/2. t-test of mean(m) = 0: squared deviations per block .0625·5 + .5625 = .875,
+    # ×10 = 8.75; variance 8.75/59; se = √(8.75/59)/√60 = 0.0497167 → t = 5.028490, df = 59.
     s1 = ([1, 1, 0, 1, 0, 1] * 10, [1, 0, 0, 1, 0, 0] * 10)
     s2 = ([1, 1, 0, 1, 0, 0] * 10, [1, 0, 0, 0, 0, 1] * 10)
     r = pooled_paired([s1, s2], n_boot=2000)
     assert (r["n_seeds"], r["n"], r["n_pos"], r["n_neg"], r["n_ties"]) == (2, 60, 20, 0, 40)
     assert r["diff"] == pytest.approx(0.25)
     assert r["per_seed_diff"] == pytest.approx([1 / 3, 1 / 6])
-    assert r["p"] == pytest.approx(2 * 0.5**20)
+    t = 0.25 / (math.sqrt(8.75 / 59) / math.sqrt(60))
+    assert t == pytest.approx(5.028490, abs=1e-6)
+    assert r["p"] == pytest.approx(2 * stats.t.sf(t, 59))
     assert r["lo"] < 0.25 < r["hi"]
-    assert r["test"] == "sign_on_seed_means"
+    assert r["test"] == "paired_t_on_seed_means"
+
+
+def test_a_fractional_gap_is_tested_on_its_mean_not_its_signs() -> None:
+    # 60 items at +1/3, 30 at −1, 910 at 0: more items favour A, yet mean d = (20 − 30)/1000 =
+    # −0.01 favours B. The old sign test said p = 0.002 "for A"; the test of the mean must not
+    # call that significant in A's favour: here t = −0.01/se with se = sd/√1000,
+    # sd² = (60·(1/3+.01)² + 30·(−1+.01)² + 910·.01²)/999 = 0.03660 → t = −1.653, p ≈ 0.099.
+    a = np.array([1 / 3] * 60 + [0.0] * 30 + [0.0] * 910)
+    b = np.array([0.0] * 60 + [1.0] * 30 + [0.0] * 910)
+    r = paired_test(a, b, n_boot=500)
+    assert r["diff"] == pytest.approx(-0.01) and r["n_pos"] > r["n_neg"]
+    assert r["p"] == pytest.approx(0.099, abs=0.002)
 
 
 def test_pooled_paired_reduces_to_paired_test() -> None:

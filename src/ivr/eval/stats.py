@@ -99,6 +99,21 @@ def _sign_test(d: np.ndarray) -> dict[str, Any]:
     return {"n_pos": n_pos, "n_neg": n_neg, "n_ties": int(d.size - m), "p": p}
 
 
+def _mean_test(d: np.ndarray) -> float:
+    """Two-sided p of "the mean per-item difference is 0": a one-sample t-test on ``d``.
+
+    Why not the sign test for fractional scores: it counts which items each side wins and ignores
+    by how much, so it can reject in the direction opposite to ``mean(d)`` (60 items at +1/3 and
+    30 at −1 give mean −0.01 yet p = 0.002 "for" A), and pairing a 0/1 model with a mean over
+    seeds makes the sign depend on the item's accuracy level rather than on which method is
+    better (false rejections of 40–100% in simulation). The t-test is a test of the quantity
+    reported, ``diff``; with hundreds of items the central limit theorem makes it exact enough.
+    All differences equal (e.g. all 0): p = 1 when their mean is 0, else 0."""
+    if d.size < 2 or np.all(d == d[0]):
+        return 1.0 if d.size == 0 or d[0] == 0 else 0.0
+    return float(stats.ttest_1samp(d, 0.0).pvalue)
+
+
 def paired_test(
     a: ArrayLike, b: ArrayLike, *, n_boot: int = 10000, seed: int = 0, level: float = 0.95
 ) -> dict[str, Any]:
@@ -113,9 +128,9 @@ def paired_test(
       and B right, ``b10`` = A right and B wrong; under "no difference" a discordant item is
       equally likely to go either way, so ``p`` is the two-sided binomial test of ``b10`` out of
       ``b01 + b10`` at ½ (``test == "mcnemar_exact"``).
-    - Other per-item scores in [0, 1] (e.g. the mean of 4 sampled answers): the sign test on the
-      per-item differences, ties dropped (``test == "sign"``). It assumes nothing about the
-      distribution of the differences, only that items are independent.
+    - Other per-item scores in [0, 1] (e.g. the mean of 4 sampled answers): a paired t-test on
+      the per-item differences (``test == "paired_t"``, see ``_mean_test``: the sign test can
+      contradict the mean on fractional scores). Items are the independent unit.
 
     In both cases ``lo``/``hi`` is a percentile bootstrap CI of the difference that resamples
     items (each resampled item brings its A and B scores along). ``n_pos``/``n_neg``/``n_ties``
@@ -135,15 +150,16 @@ def paired_test(
     d = x - y
     lo, hi = _bootstrap_mean(d, n_boot=n_boot, seed=seed, level=level)
     sign = _sign_test(d)
+    binary = _is_binary(x, y)
     out: dict[str, Any] = {
-        "test": "mcnemar_exact" if _is_binary(x, y) else "sign",
+        "test": "mcnemar_exact" if binary else "paired_t",
         "n": int(x.size),
         "mean_a": float(x.mean()),
         "mean_b": float(y.mean()),
         "diff": float(d.mean()),
         "lo": lo,
         "hi": hi,
-        "p": sign["p"],
+        "p": sign["p"] if binary else _mean_test(d),
         "n_pos": sign["n_pos"],
         "n_neg": sign["n_neg"],
         "n_ties": sign["n_ties"],
@@ -208,12 +224,14 @@ def pooled_paired(
     ``m_i = mean_s (a_si − b_si)``, and ``diff = mean_i m_i`` (the mean per-seed difference).
     Its CI is a percentile bootstrap that resamples items, the same resampled items for every
     seed: averaging over seeds first and resampling ``m_i`` is exactly that bootstrap, since the
-    seed-mean of item-resampled means is the item-resampled mean of ``m``. The sign test is on the
-    ``m_i`` (ties dropped). Seed-to-seed variation enters only through the ``m_i``; to say how much
-    a re-run moves the gap, report ``seed_summary`` of ``per_seed_diff`` alongside.
+    seed-mean of item-resampled means is the item-resampled mean of ``m``. ``p`` is a t-test of
+    ``mean(m) = 0`` over items (``_mean_test``; a sign test on the fractional ``m_i`` can contradict
+    ``diff``); ``n_pos``/``n_neg``/``n_ties`` count the items whose ``m_i`` is above/below/at 0.
+    Seed-to-seed variation enters only through the ``m_i``; to say how much a re-run moves the
+    gap, report ``seed_summary`` of ``per_seed_diff`` alongside.
 
-    Returns ``{"test": "sign_on_seed_means", "n_seeds", "n", "diff", "lo", "hi", "p", "n_pos",
-    "n_neg", "n_ties", "per_seed_diff"}``.
+    Returns ``{"test": "paired_t_on_seed_means", "n_seeds", "n", "diff", "lo", "hi", "p",
+    "n_pos", "n_neg", "n_ties", "per_seed_diff"}``.
 
     >>> s1 = ([1, 1, 0, 1, 0, 1] * 10, [1, 0, 0, 1, 0, 0] * 10)
     >>> s2 = ([1, 1, 0, 1, 0, 0] * 10, [1, 0, 0, 0, 0, 1] * 10)
@@ -237,12 +255,13 @@ def pooled_paired(
     m = np.mean(np.stack(diffs), axis=0)  # per-item difference, averaged over seeds
     lo, hi = _bootstrap_mean(m, n_boot=n_boot, seed=seed, level=level)
     return {
-        "test": "sign_on_seed_means",
+        "test": "paired_t_on_seed_means",
         "n_seeds": len(diffs),
         "n": int(m.size),
         "diff": float(m.mean()),
         "lo": lo,
         "hi": hi,
         **_sign_test(m),
+        "p": _mean_test(m),
         "per_seed_diff": [float(d.mean()) for d in diffs],
     }
