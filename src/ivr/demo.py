@@ -561,9 +561,14 @@ def summarise(
     plan: Plan, evals: dict[str, dict[str, dict]], coldstart: dict[str, Any]
 ) -> dict[str, Any]:
     """Per method and held-out set: the mean over seeds of each per-item metric with a bootstrap
-    95% interval over items; paired comparisons pooled over seeds (eval/stats.py)."""
-    from .eval.stats import accuracy_ci, paired_test, pooled_paired
+    95% interval over items (checkpoints fixed) and, with ≥ 2 seeds, the t interval over seeds
+    (what a re-run moves); paired comparisons pooled over seeds (eval/stats.py)."""
+    from .eval.stats import accuracy_ci, paired_test, pooled_paired, seed_summary
 
+    for set_name, by_model in evals.items():  # every model answered the same items in order
+        ids = {tuple(r["ids"]) for r in by_model.values()}
+        if len(ids) != 1:
+            raise ValueError(f"held-out {set_name}: models were evaluated on different items")
     names = run_names(plan)
     groups: dict[str, list[str]] = {"sft": ["sft"]}
     for n, m in names.items():
@@ -583,6 +588,8 @@ def summarise(
                 ci = accuracy_ci(np.mean(arrays, axis=0))
                 per_seed = [float(a.mean()) for a in arrays]
                 cell[metric] = {**ci, "per_seed": per_seed}
+                if len(per_seed) > 1:
+                    cell[metric]["over_seeds"] = seed_summary(per_seed)
             entry[set_name] = cell
         if method != "sft":
             entry["train"] = {r: _train_stats(plan.out / "rl" / r) for r in runs}
@@ -602,10 +609,11 @@ def summarise(
                 if len(pa) == 1:
                     pa = pa * len(pb)
                 pairs = list(zip(pa, pb))
-                # one pair (one seed): exact McNemar / sign test; several: pooled over seeds
-                out[f"{set_name}/{metric}"] = (
-                    pooled_paired(pairs) if len(pairs) > 1 else paired_test(*pairs[0])
-                )
+                # one pair (one seed): exact McNemar / paired t; several: pooled over seeds
+                res = pooled_paired(pairs) if len(pairs) > 1 else paired_test(*pairs[0])
+                if len(ra) > 1 and len(rb) > 1:  # seed s vs seed s: how much a re-run moves Δ
+                    res["over_seeds"] = seed_summary(res["per_seed_diff"])
+                out[f"{set_name}/{metric}"] = res
         return out
 
     comparisons = {}

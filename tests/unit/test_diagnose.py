@@ -184,3 +184,39 @@ def test_a_misplaced_digit_is_not_a_perception_error_for_a_sum(row5) -> None:
         ("{10}", "{11}"),
     )
     assert diagnose(bad, row).critique == "The reasoning adds 2 + 8 = 11, but 2 + 8 = 10."
+
+
+def test_right_answers_in_another_spelling_are_right(row5) -> None:
+    # The reward's grader reads 010 and 10.0 as 10: no critique may be written for them.
+    row, good = row5
+    for box in ("010", "10.0", " 10 "):
+        assert diagnose(good.replace("\\boxed{10}", f"\\boxed{{{box}}}"), row) is None
+
+
+def test_swapped_digits_of_two_matching_shapes_are_not_a_perception_error(row5) -> None:
+    # The desc puts 8 in the triangle and 2 in the circle (both yellow): the sum reads {2, 8}
+    # either way, so the first wrong step is the arithmetic, not the description.
+    row, good = row5
+    bad = _wrong(
+        good,
+        ("triangle with 2", "triangle with 8"),
+        ("circle with 8", "circle with 2"),
+        ("2 at top left, 8 at upper mid-right", "8 at top left, 2 at upper mid-right"),
+        ("2 + 8 = 10", "8 + 2 = 11"),
+        ("{10}", "{11}"),
+    )
+    assert diagnose(bad, row).critique == "The reasoning adds 8 + 2 = 11, but 8 + 2 = 10."
+
+
+def test_description_context_rectification_reasons_from_the_own_description() -> None:
+    # Row 4 asks for the blue shapes; its yellow triangle (1 at top left) is irrelevant. The
+    # failure misreads that yellow digit (irrelevant) and slips the box: in description context
+    # the target must keep the OWN (wrong, irrelevant) yellow digit — the policy cannot know the
+    # true one without the image — while the image-context target is the true trace.
+    row, _ = make_row(4, "arith", 1)
+    good = trace(row["query"], row["scene"])
+    bad = good.replace("yellow triangle with 1", "yellow triangle with 4").replace("{2}", "{3}")
+    demos = own_failure_demos([row], [bad], description_share=1.0)
+    rect = {d["context"]: d["messages"][1]["content"] for d in demos if d["kind"] == "rectify"}
+    assert rect["image"] == good
+    assert rect["description"] == good.replace("yellow triangle with 1", "yellow triangle with 4")

@@ -78,11 +78,12 @@ def _perception(
     is right wherever the description puts it, since a sum never depends on a cell."""
     if not placed:
         truth, said = list(truth), list(said)
+
+        def key(o: Obj) -> tuple:  # what the question reads: the filter's attributes and the digit
+            return (relevant.match(o), o.digit)
+
         for o in [o for o in truth if relevant.match(o)]:
-            twin = next(
-                (s for s in said if (s.colour, s.shape, s.digit) == (o.colour, o.shape, o.digit)),
-                None,
-            )
+            twin = next((s for s in said if key(s) == key(o)), None)
             if twin is not None:
                 truth.remove(o)
                 said.remove(twin)
@@ -200,11 +201,13 @@ def diagnose(response: str, row: dict[str, Any], grid: int = 4) -> Diagnosis | N
     >>> diagnose(good.replace("\\\\boxed{", "\\\\boxed{1"), row).kind
     'answer'
     """
+    from ..rewards.answer import extract_boxed, grade_answer
+
     q, truth = row["query"], _objs(row["scene"])
-    right = boxed_answer(q, truth, grid)
+    boxed = extract_boxed(response or "")
+    if boxed is not None and grade_answer(boxed, row["answer"], row["answer_type"]):
+        return None  # right by the reward's own grader ("07", "7.0" … included)
     boxes = _BOXED.findall(response or "")
-    if boxes and right is not None and boxes[-1].strip() == right:
-        return None
     desc = extract_description(response or "")
     parsed = parse_description(desc, grid) if desc is not None else None
     if parsed is None:
@@ -238,6 +241,11 @@ def diagnose(response: str, row: dict[str, Any], grid: int = 4) -> Diagnosis | N
     )
 
 
+def _own_trace(row: dict[str, Any], own_desc: str, grid: int) -> str | None:
+    parsed = parse_description(own_desc, grid)
+    return None if parsed is None else trace(row["query"], parsed, grid)
+
+
 def own_failure_demos(
     rows: Sequence[dict[str, Any]],
     responses: Sequence[str],
@@ -269,13 +277,17 @@ def own_failure_demos(
             contexts.append("description")
         for ctx in contexts:
             scene = ps.description_context.format(description=own_desc) if ctx != "image" else ""
+            # With only its own description in front of it the policy cannot know the true scene:
+            # the target re-reasons from that description (right on what the question reads,
+            # since only reasoning/answer failures get this context), never from the image.
+            target = good if ctx == "image" else _own_trace(row, own_desc, grid) or good
             crit_user = scene + ps.critique.format(question=row["question"], response=resp)
             rect_user = scene + ps.rectify.format(
                 question=row["question"], response=resp, critique=dx.critique
             )
             for kind, user, reply in (
                 ("critique", crit_user, dx.critique),
-                ("rectify", rect_user, good),
+                ("rectify", rect_user, target),
             ):
                 content = [{"type": "text", "text": user}]
                 if ctx == "image":
