@@ -70,6 +70,19 @@ _COMMON = dict(
     rounds=3,
     workers=2,
 )
+#: The world and cold start of the shipped asset (built with these; ``--from-scratch`` rebuilds).
+_SCIENCE = _COMMON | dict(
+    from_scratch=False,
+    n=11000,
+    n_test=1000,
+    n_dev=500,
+    sft1_steps=1800,
+    mine_prompts=3000,
+    mine_samples=4,
+    sft2_steps=400,
+    prompts_per_step=16,
+    eval_n=1000,
+)
 #: Workload per profile. Times are measured on 2 CPU cores (benchmarks/RESULTS.md).
 PROFILES: dict[str, dict[str, Any]] = {
     "smoke": _COMMON
@@ -98,38 +111,18 @@ PROFILES: dict[str, dict[str, Any]] = {
         ablation_seeds=1,
         rereason_n=16,
     ),
-    "default": _COMMON
+    "default": _SCIENCE
     | dict(
-        from_scratch=False,
-        n=11000,
-        n_test=1000,
-        n_dev=500,
-        sft1_steps=1800,
-        mine_prompts=3000,
-        mine_samples=4,
-        sft2_steps=400,
         rl_steps=60,
-        prompts_per_step=16,
-        eval_n=1000,
         eval_samples=0,
         methods=("grpo", "resample", "ivr"),
         seeds=1,
         ablation_seeds=0,
         rereason_n=0,
     ),
-    "full": _COMMON
+    "full": _SCIENCE
     | dict(
-        from_scratch=False,
-        n=11000,
-        n_test=1000,
-        n_dev=500,
-        sft1_steps=1800,
-        mine_prompts=3000,
-        mine_samples=4,
-        sft2_steps=400,
         rl_steps=120,
-        prompts_per_step=16,
-        eval_n=1000,
         eval_samples=4,
         methods=("grpo", "resample", "ivr", "ivr_desc"),
         seeds=3,
