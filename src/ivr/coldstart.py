@@ -16,7 +16,6 @@ Every function is resumable through its output files; ``mine`` is seeded.
 
 from __future__ import annotations
 
-import json
 import random
 from collections import Counter
 from collections.abc import Sequence
@@ -25,6 +24,7 @@ from typing import Any
 
 from .data.diagnose import diagnose, own_failure_demos
 from .data.prompts import PromptSet
+from .eval.protocol import read_jsonl
 
 __all__ = [
     "desc_only_demos",
@@ -33,11 +33,6 @@ __all__ = [
     "summarise_mined",
     "tokenizer_corpus",
 ]
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    with path.open() as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 #: Sentences in the words of the diagnoses (data/diagnose.py), so the tiny model's tokenizer, which is
@@ -98,7 +93,7 @@ def mine_own_answers(
     from .models.policy import Policy
 
     data_dir = Path(data_dir)
-    rows = _read_jsonl(data_dir / f"{split}.jsonl")[offset : offset + n_prompts]
+    rows = read_jsonl(data_dir / f"{split}.jsonl")[offset : offset + n_prompts]
     policy = Policy.from_pretrained(model_dir)
     policy.model.eval()
     out = []
@@ -193,10 +188,10 @@ def stage2_rows(
             responses.append(resp)
     own = own_failure_demos(rows, responses, seed=seed)
     answers = [
-        r for r in _read_jsonl(Path(data_dir) / "sft.jsonl") if r.get("kind", "answer") == "answer"
+        r for r in read_jsonl(Path(data_dir) / "sft.jsonl") if r.get("kind", "answer") == "answer"
     ]
     rng.shuffle(answers)
-    train = _read_jsonl(Path(data_dir) / "train.jsonl")
+    train = read_jsonl(Path(data_dir) / "train.jsonl")
     rng.shuffle(train)
     out = (
         own

@@ -21,14 +21,19 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["evaluate_heldout", "row_prompts"]
+__all__ = ["evaluate_heldout", "read_jsonl", "row_prompts"]
 
 _KEYS = ("correct", "format", "attr", "consistent")
 
 
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The rows of a JSONL file (blank lines skipped): a synthetic world's split or demo rows."""
+    with path.open() as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
 def _read_rows(data_dir: Path, split: str, limit: int | None) -> list[dict[str, Any]]:
-    with (data_dir / f"{split}.jsonl").open() as f:
-        rows = [json.loads(line) for line in f if line.strip()]
+    rows = read_jsonl(data_dir / f"{split}.jsonl")
     return rows[:limit] if limit else rows
 
 
