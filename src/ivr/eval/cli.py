@@ -3,7 +3,9 @@
     ivr eval --model PATH --benchmarks mathvista,mmstar,synth:data/world --data-root DIR --out DIR
     ivr eval --compare runs/sft runs/ivr [--out DIR]
 
-Only argparse at import time: ``ivr --help`` must not pay for torch.
+Only argparse at import time: ``ivr --help`` must not pay for torch. The benchmark names in the
+help come from the loaders' registry (``ivr.eval.loaders.BENCHMARKS``), read when the parser is
+built.
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ __all__ = ["add_eval_arguments", "run_eval"]
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``ivr eval`` flags to ``parser``."""
     parser.add_argument("--model", help="model directory (or Hub id where the Hub is reachable)")
+    from ivr.eval.loaders import BENCHMARKS  # the registry (light: no torch)
+
     parser.add_argument(
         "--benchmarks",
-        help="comma list: mathvista, mathverse, mathvision, mmstar, mmmu, mmmu_pro, NAME:DIR, "
+        help=f"comma list: {', '.join(BENCHMARKS)}, NAME:DIR, "
         "synth:PATH[@split], a dataset path, a VLMEvalKit .tsv (see docs/eval.md)",
     )
     parser.add_argument("--data-root", help="directory holding the local benchmark copies")
