@@ -16,7 +16,7 @@ _EXPORTS = {
     "evaluate_benchmark": "ivr.eval.runner",
     "evaluate_samples": "ivr.eval.runner",
     "predict": "ivr.eval.runner",
-    "summarize": "ivr.eval.runner",
+    "summarize": "ivr.eval.summary",
     "load_benchmark": "ivr.eval.loaders",
     "Benchmark": "ivr.eval.loaders",
     "BenchmarkFormatError": "ivr.eval.loaders",

@@ -6,13 +6,14 @@ For each benchmark, top to bottom:
               reported in ``skipped.jsonl``, never graded
     resume    ``<out>/<bench>/predictions.jsonl`` is read back; ids already there are not redone
     generate  batches of ``batch_size`` items, in file order, greedy by default (the paper's
-              setting), with the same prompt the trainer uses (``question_prompt``)
+              setting), with the same prompt the trainer uses (``PromptSet.answer``)
     grade     ``ivr.rl.scoring.Scorer``: the very graders training rewards with, so an eval number
               and a training reward never disagree about what "correct" means
     write     one JSON line per item, flushed and fsync'ed after every batch: a run killed at any
               point loses at most the batch in flight
     summarize accuracy (percent) overall, per category and subcategory; format rate; for
               localization items the Vision-R1 reward and COCO mAP/AP50/AP75/AR100
+              (ivr.eval.summary)
 
 The summary is computed from the prediction file, not from the run's memory, so a resumed run and
 an uninterrupted one produce the same tables. The settings a run was made with (prompt, decoding,
@@ -31,13 +32,12 @@ import os
 import time
 import zlib
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from ivr.data.prompts import PromptSet
-from ivr.eval.coco import coco_metrics
+from ivr.data.prompts import PromptSet, question_text, user_prompt
 from ivr.eval.loaders import (
     Benchmark,
     EvalItem,
@@ -45,9 +45,10 @@ from ivr.eval.loaders import (
     SkippedRow,
     load_benchmark,
 )
+from ivr.eval.summary import _sample_metrics, summarize
 from ivr.types import Sample
 
-__all__ = ["evaluate", "evaluate_benchmark", "evaluate_samples", "predict", "summarize"]
+__all__ = ["evaluate", "evaluate_benchmark", "evaluate_samples", "predict", "synth_grid"]
 
 PREDICTIONS = "predictions.jsonl"
 SKIPPED = "skipped.jsonl"
@@ -249,19 +250,18 @@ def predict(
 ) -> Iterator[list[dict[str, Any]]]:
     """Generate and grade ``items``: one list of prediction records per batch, in item order.
 
-    Per batch of ``batch_size`` items: decode the images; prompt with the trainer's
-    ``question_prompt``; ``policy.generate`` (greedy at ``temperature=0``, the paper's setting; a
-    per-batch seed otherwise) with the model in eval mode; grade with ``scorer`` (default: the
-    training ``Scorer``). A record is ``id``, ``category``, ``subcategory``, ``answer``,
-    ``prediction`` (boxed content), ``correct`` (None for localization), ``reward``,
-    ``components``, ``response``, ``finished``, ``num_tokens``; localization items add
-    ``pred_boxes``/``pred_labels`` (original-image pixels), items with a true ``scene`` (the
-    synthetic world) add ``description`` (``exact``, ``f1``, ``attr_f1``; positions on a
-    ``grid``). An item whose images do not decode goes to ``skipped`` (never graded), or raises
+    Per batch of ``batch_size`` items: decode the images; prompt with the trainer's original
+    prompt (``question_text`` with the images); ``policy.generate`` (greedy at
+    ``temperature=0``, the paper's setting; a per-batch seed otherwise) with the model in eval
+    mode; grade with ``scorer`` (default: the training ``Scorer``). A record is ``id``,
+    ``category``, ``subcategory``, ``answer``, ``prediction`` (boxed content), ``correct``
+    (None for localization), ``reward``, ``components``, ``response``, ``finished``,
+    ``num_tokens``; localization items add ``pred_boxes``/``pred_labels`` (original-image
+    pixels), items with a true ``scene`` (the synthetic world) add ``description`` (``exact``,
+    ``f1``, ``attr_f1``; positions on a ``grid``). An item whose images do not decode goes to ``skipped`` (never graded), or raises
     :class:`ImageDecodeError` when ``skipped`` is None.
     """
     from ivr.rl.scoring import Scorer
-    from ivr.rl.trainer import question_prompt
 
     scorer = scorer or Scorer()
     prompts = prompts or PromptSet()
@@ -282,7 +282,8 @@ def predict(
                 if it.image_size is None:  # boxes are in the pixels of the image as stored
                     it = replace(it, image_size=images[0].size)
             ready.append(it)
-            chats.append(question_prompt(it.to_sample(), images, prompts))
+            text = question_text(it.question, it.answer_type, prompts)  # the trainer's prompt
+            chats.append(user_prompt(text, tuple(images)))
             sizes.append(size)
         if not ready:
             continue
@@ -454,114 +455,6 @@ def evaluate_samples(
     preds = [rec for records in batches for rec in records]
     records = [_sample_record(s, rec) for s, rec in zip(samples, preds)]
     return _sample_metrics(records), records
-
-
-def _sample_metrics(records: Sequence[dict[str, Any]]) -> dict[str, float]:
-    import numpy as np
-
-    graded = [r for r in records if r["correct"] is not None]
-    metrics: dict[str, float] = {"n": float(len(records))}
-    if graded:
-        metrics["accuracy"] = float(np.mean([r["correct"] for r in graded]))
-        metrics["format"] = float(np.mean([r.get("format", 0.0) for r in graded]))
-        tasks = sorted({r["task"] for r in graded})
-        if len(tasks) > 1:
-            for t in tasks:
-                metrics[f"accuracy/{t}"] = float(
-                    np.mean([r["correct"] for r in graded if r["task"] == t])
-                )
-    boxes = [r for r in records if r["correct"] is None and "loc_total" in r]
-    if boxes:
-        metrics["loc_reward"] = float(np.mean([r["loc_total"] for r in boxes]))
-    described = [r for r in records if "desc_exact" in r]
-    for key in ("desc_exact", "desc_f1", "desc_attr_f1") if described else ():
-        metrics[key] = float(np.mean([r[key] for r in described]))
-    metrics["finished"] = float(np.mean([r["finished"] for r in records])) if records else 0.0
-    return metrics
-
-
-# --------------------------------------------------------------------------------------------
-# scoring a prediction file
-
-
-def _pct(correct: int, n: int) -> float | None:
-    return round(100.0 * correct / n, 2) if n else None
-
-
-def _breakdown(records: Iterable[dict[str, Any]], key: str) -> dict[str, dict[str, Any]]:
-    groups: dict[str, list[bool]] = {}
-    for r in records:
-        value = r.get(key) or "—"
-        for v in value if isinstance(value, list | tuple) else [value]:  # MathVista: per skill
-            groups.setdefault(str(v), []).append(bool(r["correct"]))
-    return {
-        k: {"n": len(v), "correct": sum(v), "accuracy": _pct(sum(v), len(v))}
-        for k, v in sorted(groups.items())
-    }
-
-
-def summarize(
-    bench: Benchmark, predictions: dict[str, dict[str, Any]], skipped: Sequence[SkippedRow] = ()
-) -> dict[str, Any]:
-    """The benchmark's numbers from its prediction records (only ids of ``bench.items`` count).
-
-    ``accuracy`` is a percentage over graded text items; for MMMU-Pro (``macro_over_categories``)
-    it is the unweighted mean of its two settings. ``score`` — the number that enters the Table 1
-    average — is ``accuracy``, or ``100 × mAP`` for a benchmark made only of localization items.
-    """
-    records = [predictions[it.id] for it in bench.items if it.id in predictions]
-    items = {it.id: it for it in bench.items}
-    text = [r for r in records if r.get("correct") is not None]
-    loc = [r for r in records if r.get("correct") is None]
-    correct = sum(bool(r["correct"]) for r in text)
-    categories = _breakdown(text, "category")
-    if bench.macro_over_categories and categories:
-        accs = [c["accuracy"] for c in categories.values()]
-        accuracy = round(sum(accs) / len(accs), 2)
-    else:
-        accuracy = _pct(correct, len(text))
-    fmt = [r["components"]["format"] for r in text if "format" in r.get("components", {})]
-    desc = [r["description"] for r in records if r.get("description")]
-    summary: dict[str, Any] = {
-        "name": bench.name,
-        "title": bench.title,
-        "path": str(bench.path),
-        "items": len(bench.items),
-        "graded": len(records),
-        "skipped": len(skipped),
-        "pending": len(bench.items) - len(records) - len({s.id for s in skipped if s.id in items}),
-        "correct": correct,
-        "accuracy": accuracy,
-        "format_rate": _pct(int(sum(fmt)), len(fmt)),
-        "categories": categories,
-        "subcategories": _breakdown(text, "subcategory"),
-    }
-    if desc:  # description fidelity against the true scene (synthetic world), in percent
-        keys = [k for k in ("exact", "f1", "attr_f1") if all(k in d for d in desc)]
-        summary["description"] = {
-            k: round(100 * sum(d[k] for d in desc) / len(desc), 2) for k in keys
-        }
-    if loc:
-        preds, gts, subsets = [], [], []
-        for r in loc:
-            it = items[r["id"]]
-            preds.append({"boxes": r.get("pred_boxes") or [], "labels": r.get("pred_labels")})
-            gts.append({"boxes": [list(b) for b in it.boxes or ()], "labels": it.labels})
-            subsets.append(it.category or "—")
-        rewards = [float(r["reward"]) for r in loc]
-        summary["localization"] = {
-            "n": len(loc),
-            "reward": round(sum(rewards) / len(rewards), 4),
-            **coco_metrics(preds, gts, class_agnostic=not any(it.labels for it in items.values())),
-        }
-    summary["score"] = (
-        accuracy
-        if text or not loc
-        else (
-            None if summary["localization"]["mAP"] is None else 100 * summary["localization"]["mAP"]
-        )
-    )
-    return summary
 
 
 # --------------------------------------------------------------------------------------------
