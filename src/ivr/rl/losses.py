@@ -33,10 +33,10 @@ Where each knob comes from:
   the unfamiliar corrections the policy must learn, where the plain ratio's gradient p vanishes.
 - KL to a frozen reference with the k3 estimator: Schulman, "Approximating KL divergence" (2020);
   non-negative, unbiased for KL(π_θ‖π_ref), as in GRPO.
-- GSPO: Zheng et al. 2025, "Group Sequence Policy Optimization", arXiv:2507.18071, eq. 5–7
-  (sequence ratio, clipped per sequence; their ε is ~3e-4/4e-4) and §4.3 GSPO-token
+- GSPO: Zheng et al. 2025, "Group Sequence Policy Optimization", arXiv:2507.18071
+  (sequence ratio, clipped per sequence; their ε is ~3e-4/4e-4) and its GSPO-token form
   (s_{i,t} = sg(s_i)·π_θ(y_t)/sg(π_θ(y_t))). Checked against verl ``compute_policy_loss_gspo``.
-- CISPO: MiniMax 2025, "MiniMax-M1", arXiv:2506.13585, §3.1 (the IS weight clipped and detached,
+- CISPO: MiniMax 2025, "MiniMax-M1", arXiv:2506.13585 (the IS weight clipped and detached,
   ε_low^IS effectively unbounded: pass ``clip_low >= 1`` for no lower bound). verl
   ``compute_policy_loss_cispo`` and TRL ``loss_type="cispo"`` compute the same thing.
 - SAPO: Gao et al. 2025 (Qwen), "Soft Adaptive Policy Optimization", arXiv:2511.20347: the gate
@@ -135,7 +135,7 @@ def gspo_surrogate(
     clip_low: float,
     clip_high: float,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """GSPO-token surrogate (Zheng et al. 2025, arXiv:2507.18071, eq. 7 and §4.3), per token.
+    """GSPO-token surrogate (Zheng et al. 2025, arXiv:2507.18071; its GSPO-token form), per token.
 
     s_i = exp(Σ_t m_t (logp − logp_old) / Σ_t m_t) is the length-normalised sequence ratio
     (π_θ(y_i)/π_θold(y_i))^(1/|y_i|); s_{i,t} = sg(s_i) · exp(logp − sg(logp)) has the value s_i
@@ -167,7 +167,7 @@ def gspo_surrogate(
 def cispo_surrogate(
     logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, clip_low: float, clip_high: float
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """CISPO (MiniMax-M1, arXiv:2506.13585, §3.1), per token: −sg(clip(ρ, 1−ε_low, 1+ε_high))·Â·logp.
+    """CISPO (MiniMax-M1, arXiv:2506.13585), per token: −sg(clip(ρ, 1−ε_low, 1+ε_high))·Â·logp.
 
     The importance weight is clipped and detached, so every token keeps a REINFORCE gradient
     −w Â (no token is dropped as in PPO's clip). ``clip_low >= 1`` means no lower bound (the
