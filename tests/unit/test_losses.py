@@ -343,3 +343,226 @@ def test_off_policy_grad_share_matches_autograd_and_hand_numbers() -> None:
     # Shaping off: plain p → weight 0.1; share 0.1 / 1.1.
     _, m = policy_loss(logp, old, adv, mask, off_policy=off, shaping_gamma=None)
     assert m["off_policy_grad_share"].item() == pytest.approx(0.1 / 1.1, abs=1e-6)
+
+
+# ---------------------------------------------------------------- loss variants (loss=...)
+
+
+def _grad(logp0: list[list[float]], old: list[list[float]], adv: list[float], **kw: object):
+    """(loss, d loss / d logp, metrics) for on-policy rows, full mask unless ``mask`` is given."""
+    logp = torch.tensor(logp0, dtype=torch.float64, requires_grad=True)
+    mask = kw.pop("mask", torch.ones_like(logp))
+    loss, m = policy_loss(
+        logp,
+        torch.tensor(old, dtype=torch.float64),
+        torch.tensor(adv, dtype=torch.float64),
+        mask,
+        **kw,  # type: ignore[arg-type]
+    )
+    loss.backward()
+    assert logp.grad is not None
+    return loss.item(), logp.grad, floats(m)
+
+
+def test_gspo_sequence_ratio_and_gradient() -> None:
+    # Two tokens, log ratios 0.1 and −0.3: s = exp((0.1 − 0.3)/2) = e^−0.1 = 0.904837, inside
+    # [0.8, 1.2], Â = 1. ℓ_t = −s on both tokens; "sequence" aggregation → loss = −0.904837.
+    # d/dlogp_t = −Â s · ½ = −0.452419 on each token, which is GSPO's −Â ∇s_i with
+    # s_i = exp(mean_t(logp_t − old_t)) (checked by autograd of that closed form below).
+    lp, old = [[0.1, -0.3]], [[0.0, 0.0]]
+    loss, g, m = _grad(lp, old, [1.0], loss="gspo", aggregation="sequence")
+    assert loss == pytest.approx(-0.904837, abs=1e-6)
+    torch.testing.assert_close(
+        g, torch.full((1, 2), -0.452419, dtype=torch.float64), atol=1e-6, rtol=0
+    )
+    assert m["ratio_mean"] == pytest.approx(0.904837, abs=1e-6) and m["clip_frac"] == 0.0
+    x = torch.tensor(lp, dtype=torch.float64, requires_grad=True)
+    (-(x - torch.tensor(old, dtype=torch.float64)).mean().exp()).backward()
+    torch.testing.assert_close(g, x.grad)
+
+
+def test_gspo_clips_per_sequence_with_small_epsilon() -> None:
+    # GSPO's ε: 3e-4 / 4e-4. Log ratios 0.002 and 0: s = e^0.001 = 1.0010005 > 1 + 4e-4.
+    # Â = 1: min(1.0010005, 1.0004) = 1.0004 → ℓ = −1.0004 on both tokens, clipped, zero gradient.
+    eps = {"clip_low": 3e-4, "clip_high": 4e-4, "aggregation": "sequence"}
+    loss, g, m = _grad([[0.002, 0.0]], [[0.0, 0.0]], [1.0], loss="gspo", **eps)
+    assert loss == pytest.approx(-1.0004, abs=1e-9)
+    assert (g == 0).all() and m["clip_frac"] == 1.0
+    # Â = −1: min(−1.0010005, −1.0004) = −1.0010005 → ℓ = 1.0010005, not clipped (the pessimistic
+    # branch), gradient −Â s · ½ = 0.50050025 on each token.
+    loss, g, m = _grad([[0.002, 0.0]], [[0.0, 0.0]], [-1.0], loss="gspo", **eps)
+    assert loss == pytest.approx(1.0010005, abs=1e-7)
+    torch.testing.assert_close(g, torch.full((1, 2), 0.50050025, dtype=torch.float64))
+    assert m["clip_frac"] == 0.0
+
+
+def test_gspo_keeps_a_sequence_whose_mean_is_in_range_where_grpo_drops_a_token() -> None:
+    # Log ratios +6e-4 and −6e-4: mean 0 → s = 1, inside [1 − 3e-4, 1 + 4e-4]: both tokens keep
+    # the gradient −Â·1·½ = −0.5. Token-level GRPO with the same ε sees ρ_0 = e^6e-4 = 1.0006 >
+    # 1.0004 with Â > 0: token 0 clipped (gradient 0), token 1 (ρ = 0.9994 < 1, Â > 0: the
+    # unclipped branch is the min) keeps −ρ·½ = −0.4997.
+    eps = {"clip_low": 3e-4, "clip_high": 4e-4, "aggregation": "sequence"}
+    lp, old = [[6e-4, -6e-4]], [[0.0, 0.0]]
+    _, g, _ = _grad(lp, old, [1.0], loss="gspo", **eps)
+    torch.testing.assert_close(g, torch.full((1, 2), -0.5, dtype=torch.float64))
+    _, g, m = _grad(lp, old, [1.0], loss="grpo", **eps)
+    assert g[0, 0].item() == 0.0 and g[0, 1].item() == pytest.approx(-0.5 * math.exp(-6e-4))
+    assert m["clip_frac"] == 0.5
+
+
+def test_gspo_mean_ignores_padding() -> None:
+    # Row 0: one valid token, log ratio ln 1.1, then padding holding NaN: s = 1.1 (not a mean
+    # with the padding). Â = 2 → ℓ = −2.2 on the valid token; "sequence" → −2.2; gradient −2.2.
+    logp = torch.tensor([[math.log(1.1), float("nan")]], requires_grad=True)
+    loss, _ = policy_loss(
+        logp,
+        torch.tensor([[0.0, 7.0]]),
+        torch.tensor([2.0]),
+        torch.tensor([[1.0, 0.0]]),
+        loss="gspo",
+        aggregation="sequence",
+    )
+    loss.backward()
+    assert loss.item() == pytest.approx(-2.2, abs=1e-6)
+    assert logp.grad is not None
+    torch.testing.assert_close(logp.grad, torch.tensor([[-2.2, 0.0]]))
+
+
+def test_cispo_weight_clipped_detached_gradient_kept() -> None:
+    # ρ = 1.5 (old = ln 0.5, logp = ln 0.75 = −0.287682), Â = 1, ε_high = 0.2, no lower bound
+    # (clip_low = 1): w = sg(clip(1.5, 0, 1.2)) = 1.2; ℓ = −w Â logp = −1.2·(−0.287682) = 0.345218.
+    # dℓ/dlogp = −w Â = −1.2 — where GRPO's clip gives 0 (test_clipped_surrogate_single_token).
+    loss, g, m = _grad([[math.log(0.75)]], [[math.log(0.5)]], [1.0], loss="cispo", clip_low=1.0)
+    assert loss == pytest.approx(0.345218, abs=1e-6)
+    assert g.item() == pytest.approx(-1.2)
+    assert m["clip_frac"] == 1.0 and m["ratio_mean"] == pytest.approx(1.5)
+    # ρ = 0.5, Â = −1: no lower bound → w = 0.5, gradient −w Â = +0.5 (GRPO: clipped, 0);
+    # with ε_low = 0.2 the weight is clipped up to 0.8 → gradient +0.8.
+    _, g, m = _grad([[math.log(0.5)]], [[0.0]], [-1.0], loss="cispo", clip_low=1.0)
+    assert g.item() == pytest.approx(0.5) and m["clip_frac"] == 0.0
+    _, g, m = _grad([[math.log(0.5)]], [[0.0]], [-1.0], loss="cispo", clip_low=0.2)
+    assert g.item() == pytest.approx(0.8) and m["clip_frac"] == 1.0
+
+
+@pytest.mark.parametrize(
+    ("ratio", "adv", "kw", "want_loss", "want_grad"),
+    [
+        # ρ = 1: σ(0) = ½. Â = 1, τ_pos = 1: ℓ = −(4/1)·½·1 = −2; dℓ/dlogp = −Â·4·¼·1 = −1
+        (1.0, 1.0, {}, -2.0, -1.0),
+        # Â = −1 uses τ_neg = 1.05: ℓ = −(4/1.05)·½·(−1) = 1.904762; gradient −Â·4·¼ = +1
+        (1.0, -1.0, {}, 1.904762, 1.0),
+        # ρ = 2, τ = 1: σ(1) = 0.731059; ℓ = −4·0.731059 = −2.924234;
+        # gradient −4·σ(1)·(1 − σ(1))·ρ = −4·0.731059·0.268941·2 = −1.572895
+        (2.0, 1.0, {}, -2.924234, -1.572895),
+        # τ_pos = 10, ρ = 1.2: σ(2) = 0.880797; ℓ = −(4/10)·0.880797 = −0.352319;
+        # gradient −4·0.880797·0.119203·1.2 = −0.503969 (damped; GRPO's clip would give 0)
+        (1.2, 1.0, {"sapo_tau_pos": 10.0}, -0.352319, -0.503969),
+    ],
+)
+def test_sapo_soft_gate(
+    ratio: float, adv: float, kw: dict[str, float], want_loss: float, want_grad: float
+) -> None:
+    loss, g, m = _grad([[math.log(ratio)]], [[0.0]], [adv], loss="sapo", **kw)
+    assert loss == pytest.approx(want_loss, abs=1e-6)
+    assert g.item() == pytest.approx(want_grad, abs=1e-6)
+    assert m["clip_frac"] == 0.0 and m["ratio_mean"] == pytest.approx(ratio)
+    assert m["policy_grad"] == pytest.approx(abs(want_grad), abs=1e-6)  # = |Â|·4σ(1−σ)ρ
+
+
+@pytest.mark.parametrize("variant", ["grpo", "gspo", "cispo", "sapo"])
+def test_off_policy_rows_keep_shaping_under_every_variant(variant: str) -> None:
+    # Rectified row: p = 0.4, γ = 0.1, Â = 1 → ℓ = −0.8, dℓ/dlogp = −0.16 (as
+    # test_off_policy_token_shaped), whatever the on-policy surrogate; NaN old_logprobs ignored.
+    logp = torch.tensor([[math.log(0.4)]], requires_grad=True)
+    loss, m = policy_loss(
+        logp,
+        torch.full((1, 1), float("nan")),
+        torch.tensor([1.0]),
+        torch.ones(1, 1),
+        off_policy=torch.tensor([True]),
+        loss=variant,
+        clip_low=1.0 if variant == "cispo" else 0.2,
+    )
+    loss.backward()
+    assert loss.item() == pytest.approx(-0.8)
+    assert logp.grad is not None and logp.grad.item() == pytest.approx(-0.16)
+    assert floats(m)["off_policy_grad_share"] == 1.0
+
+
+@pytest.mark.parametrize("variant", ["grpo", "gspo", "cispo", "sapo"])
+def test_every_variant_is_reinforce_at_ratio_one(variant: str) -> None:
+    # On the first pass (π_θ = π_old, ρ = 1 on every token) each variant's gradient is the
+    # REINFORCE gradient −Â per token (SAPO: 4σ(0)(1−σ(0)) = 1; CISPO: w = 1; GSPO: s = 1).
+    # Rows Â = 1.5 and −0.5, two tokens each, token mean over 4 tokens → −Â/4.
+    lp = [[-1.0, -2.0], [-0.3, -0.7]]
+    _, g, _ = _grad(lp, lp, [1.5, -0.5], loss=variant, clip_low=1.0 if variant == "cispo" else 0.2)
+    torch.testing.assert_close(g, torch.tensor([[-0.375] * 2, [0.125] * 2], dtype=torch.float64))
+
+
+# ---------------------------------------------------------------- entropy mask and IS weights
+
+
+def test_entropy_mask_multiplies_the_policy_gradient_not_kl() -> None:
+    # One row, ρ = 1 on two tokens, Â = 1; entropy_mask [1, 0]; KL with x = ref − logp = ln 2 on
+    # both, β = 0.5 (k3 = 0.306853). Token mean over the 2 tokens (normaliser unchanged):
+    # loss = (−1 + 0.5·0.306853 + 0.5·0.306853) / 2 = −0.346574.
+    # Gradients: KL ½·β·(1 − e^x) = −0.25 on both; the kept token adds ½·(−Â) = −0.5 → −0.75.
+    logp = torch.zeros(1, 2, requires_grad=True)
+    loss, m = policy_loss(
+        logp,
+        torch.zeros(1, 2),
+        torch.tensor([1.0]),
+        torch.ones(1, 2),
+        ref_logprobs=torch.full((1, 2), math.log(2)),
+        kl_beta=0.5,
+        entropy_mask=torch.tensor([[True, False]]),
+    )
+    loss.backward()
+    assert loss.item() == pytest.approx(-0.346574, abs=1e-6)
+    assert logp.grad is not None
+    torch.testing.assert_close(logp.grad, torch.tensor([[-0.75, -0.25]]))
+    m = floats(m)
+    assert m["entropy_mask_share"] == 0.5
+    assert m["policy_grad"] == pytest.approx(1.0)  # only the kept token pushes (KL excluded)
+
+
+def test_is_weights_on_policy_rows_only() -> None:
+    # Row 0 on-policy, ρ = 1, Â = 1, weight 0.5 → ℓ = −0.5. Row 1 rectified, p = 0.4 → ℓ = −0.8
+    # whatever its weight (NaN here: behaviour probability 1 by definition). Token mean:
+    # (−0.5 − 0.8)/2 = −0.65; gradients −0.5·½ = −0.25 and −0.16·½ = −0.08.
+    logp = torch.tensor([[-1.0], [math.log(0.4)]], requires_grad=True)
+    loss, m = policy_loss(
+        logp,
+        torch.tensor([[-1.0], [0.0]]),
+        torch.tensor([1.0, 1.0]),
+        torch.ones(2, 1),
+        off_policy=torch.tensor([False, True]),
+        is_weights=torch.tensor([[0.5], [float("nan")]]),
+    )
+    loss.backward()
+    assert loss.item() == pytest.approx(-0.65)
+    assert logp.grad is not None
+    torch.testing.assert_close(logp.grad, torch.tensor([[-0.25], [-0.08]]))
+    m = floats(m)
+    assert m["is_weight_mean"] == 0.5
+    assert m["off_policy_grad_share"] == pytest.approx(0.16 / (0.5 + 0.16))
+
+
+@pytest.mark.parametrize(
+    ("over", "match"),
+    [
+        ({"loss": "ppo"}, "loss must be one of"),
+        ({"entropy_mask": torch.ones(2, 2)}, r"entropy_mask must have shape \[B, T\]"),
+        ({"is_weights": torch.ones(3)}, r"is_weights must have shape \[B, T\]"),
+        ({"loss": "sapo", "sapo_tau_neg": 0.0}, "SAPO temperatures must be > 0"),
+        ({"loss": "cispo", "clip_high": -0.1}, "clip_high >= 0"),
+        ({"loss": "gspo", "clip_low": 1.0}, "clip_low < 1"),
+    ],
+)
+def test_bad_variant_inputs(over: dict[str, object], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        _call(**over)
+
+
+def test_cispo_accepts_no_lower_bound() -> None:
+    _call(loss="cispo", clip_low=1.0, clip_high=4.0)  # TRL's CISPO epsilon_high=5 is 1 + 4
