@@ -141,7 +141,7 @@ def desc_only_demos(
 ) -> list[dict[str, Any]]:
     """Text-only rows: the TRUE scene description + question → the reasoning and the answer.
     What a Vision-SR1 policy is asked during its self-reward (rl/self_reward.py)."""
-    from .data.synth import trace
+    from .data.demos import trace
 
     ps = prompts or PromptSet()
     out = []
