@@ -490,7 +490,7 @@ def _step_seed(seed: int, step: int) -> int:
 
 
 def _load_rows(path: Path, on_error: str) -> list[dict[str, Any]]:
-    from .data.dataset import load_sft_rows
+    from .data.sft_rows import load_sft_rows
 
     # Images are decoded now: a truncated file is named (or skipped and counted), not met mid-run.
     return [dict(r) for r in load_sft_rows(path, on_error=on_error, verify_images=True)]
