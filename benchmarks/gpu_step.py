@@ -458,11 +458,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import ivr.models  # noqa: F401  (registers the image-only processors)
     from ivr.data.images import load_image
-    from ivr.data.prompts import PromptSet
+    from ivr.data.prompts import PromptSet, question_prompt
     from ivr.models.flops import FlopCounter
     from ivr.models.policy import Policy
     from ivr.models.tiny import build_tiny_vlm
-    from ivr.rl.trainer import question_prompt
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()

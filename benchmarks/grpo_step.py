@@ -159,8 +159,7 @@ def make_work(root: Path, n: int, size: int = 112):
     from PIL import Image
 
     from ivr.data.images import load_image
-    from ivr.data.prompts import PromptSet
-    from ivr.rl.trainer import question_prompt
+    from ivr.data.prompts import PromptSet, question_prompt
     from ivr.types import Sample
 
     root.mkdir(parents=True, exist_ok=True)

@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def world_texts(data_dir: Path) -> list[str]:
     """Every text a model sees in this world: the tokenizer's training corpus."""
-    from ivr.data.dataset import load_sft_rows, sft_texts
+    from ivr.data.sft_rows import load_sft_rows, sft_texts
 
     return sft_texts(load_sft_rows(data_dir))
 

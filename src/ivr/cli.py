@@ -76,7 +76,7 @@ def cmd_build_tiny(args: argparse.Namespace) -> int:
 
     corpus = None
     if args.corpus:
-        from .data.dataset import load_sft_rows
+        from .data.sft_rows import load_sft_rows
 
         corpus = [
             m["content"] if isinstance(m["content"], str) else str(m["content"])

@@ -55,7 +55,7 @@ _CRITIQUE_WORDS = [
 def tokenizer_corpus(data_dir: str | Path, prompts: PromptSet | None = None) -> list[str]:
     """The text a tiny model's tokenizer is trained on: the world's demonstrations, the critique,
     rectify and description-only prompts around 300 of them, and the diagnoses' words."""
-    from .data.dataset import load_sft_rows, sft_texts
+    from .data.sft_rows import load_sft_rows, sft_texts
 
     ps = prompts or PromptSet()
     rows = load_sft_rows(Path(data_dir) / "sft.jsonl")
@@ -141,7 +141,7 @@ def desc_only_demos(
 ) -> list[dict[str, Any]]:
     """Text-only rows: the TRUE scene description + question → the reasoning and the answer.
     What a Vision-SR1 policy is asked during its self-reward (rl/self_reward.py)."""
-    from .data.synth import trace
+    from .data.demos import trace
 
     ps = prompts or PromptSet()
     out = []

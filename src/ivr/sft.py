@@ -42,7 +42,7 @@ What is really implemented, and why:
   the project's one eval loop (``ivr.eval.runner.evaluate_samples``): greedy answers to the same
   prompt the RL trainer uses, graded by ``rl.scoring.Scorer``; accuracy, format rate and, for rows
   that carry the true ``scene`` (the synthetic world), how exactly the model's ``<desc>`` block
-  describes it (``synth.description_fidelity``).
+  describes it (``render.description_fidelity``).
 
     from ivr.config import load_config
     from ivr.sft import run_sft
@@ -490,7 +490,7 @@ def _step_seed(seed: int, step: int) -> int:
 
 
 def _load_rows(path: Path, on_error: str) -> list[dict[str, Any]]:
-    from .data.dataset import load_sft_rows
+    from .data.sft_rows import load_sft_rows
 
     # Images are decoded now: a truncated file is named (or skipped and counted), not met mid-run.
     return [dict(r) for r in load_sft_rows(path, on_error=on_error, verify_images=True)]
@@ -548,7 +548,6 @@ class SFTRunner:
         if self.eval_samples:
             from .rewards import LocalizationConfig
             from .rl.scoring import Scorer
-            from .rl.trainer import question_prompt  # noqa: F401
 
             self.scorer = Scorer(
                 format_weight=cfg.reward.format_weight,

@@ -65,7 +65,7 @@ def _key(prompt) -> str:
 
 def _right(item) -> str:
     if "query" in item.extra:  # the synthetic world writes its own gold trace
-        from ivr.data.synth import trace
+        from ivr.data.demos import trace
 
         return trace(item.extra["query"], item.extra["scene"])
     answer = item.accepted[0] if item.accepted else item.answer  # an accepted alternative
@@ -83,7 +83,7 @@ class Oracle:
     ``fail_after`` batches."""
 
     def __init__(self, data_root: Path, fail_after: int | None = None):
-        from ivr.rl.trainer import question_prompt
+        from ivr.data.prompts import question_prompt
 
         self.table: dict[str, str] = {}
         self.expected: dict[str, dict[str, bool]] = {}

@@ -19,7 +19,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from ivr.config import load_config
-from ivr.data.dataset import load_sft_rows
+from ivr.data.sft_rows import load_sft_rows
 from ivr.data.synth import generate_dataset
 from ivr.models.policy import Policy, chat_prompt
 from ivr.sft import SFTData, SFTRunner, collate, encode_example, run_sft, sft_loss

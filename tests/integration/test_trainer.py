@@ -11,10 +11,10 @@ import torch
 from PIL import Image
 from tiny_runs import cfg_for
 
-from ivr.data.prompts import PromptSet
+from ivr.data.prompts import PromptSet, question_prompt
 from ivr.models.policy import Policy
 from ivr.rl.scoring import Score
-from ivr.rl.trainer import Trainer, question_prompt
+from ivr.rl.trainer import Trainer
 from ivr.types import Sample
 
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from ivr.data.dataset import DatasetError, load_samples, load_sft_rows
+from ivr.data.dataset import DatasetError, load_samples
+from ivr.data.sft_rows import load_sft_rows
 from ivr.data.synth import generate_dataset
 
 

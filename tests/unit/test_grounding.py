@@ -10,20 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ivr.data.demos import _corruptions, trace
 from ivr.data.grounding import attribute_fidelity, grounding_summary, self_consistency
-from ivr.data.synth import (
-    COLOURS,
-    SHAPES,
-    Filter,
-    Obj,
-    _corruptions,
-    _objs,
-    boxed_answer,
-    describe,
-    description_fidelity,
-    make_row,
-    trace,
-)
+from ivr.data.render import COLOURS, SHAPES, Obj, _objs, describe, description_fidelity
+from ivr.data.world import Filter, boxed_answer, make_row
 
 
 def _row(task: str, level: int, ok: Any = lambda row: True) -> dict[str, Any]:
@@ -321,7 +311,8 @@ def test_arbitrary_output_never_raises(response: str, k: int) -> None:
 
 def test_sum_ignores_cells_but_not_digits() -> None:
     # Row 5 of the seed-0 arith world: yellow shapes 2 (top left) and 8 (upper mid-right).
-    from ivr.data.synth import make_row, trace
+    from ivr.data.demos import trace
+    from ivr.data.world import make_row
 
     row, _ = make_row(5, "arith", 1)
     good = trace(row["query"], row["scene"])

@@ -11,24 +11,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ivr.data.prompts import PromptSet
-from ivr.data.synth import (
+from ivr.data.prompts import PromptSet, extract_description
+from ivr.data.render import (
     BACKGROUND,
     COLOURS,
     DIGIT_COLOUR,
     SHAPES,
-    TASKS,
     Geometry,
-    add_synth_arguments,
     describe,
     description_fidelity,
-    extract_description,
-    generate_dataset,
-    image_blind_baseline,
     parse_description,
-    run_synth,
-    solve,
 )
+from ivr.data.synth import add_synth_arguments, generate_dataset, image_blind_baseline, run_synth
+from ivr.data.world import TASKS, solve
 
 N = 150  # 5 tasks × 3 levels × 10 rows
 

@@ -2,7 +2,7 @@
 demonstrations built from a model's own failures (issue 16, item 2).
 
 Why: a policy that has only seen critiques of *invented* errors (an object dropped from ``<desc>``
-and reasoned consistently, ``synth._corruptions``) learns to invent a description error and to
+and reasoned consistently, ``demos._corruptions``) learns to invent a description error and to
 announce an answer, while most real failures of a cold-started model have a right ``<desc>`` and a
 ``<think>`` that drifts from it (DESIGN.md §3: ~3/4 of failures). Because the world's scene is
 known, the first step where a model's OWN response goes wrong can be named exactly:
@@ -30,17 +30,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .prompts import PromptSet
-from .synth import (
-    Filter,
-    Obj,
-    _objs,
-    boxed_answer,
-    extract_description,
-    parse_description,
-    position_name,
-    trace,
-)
+from .demos import trace
+from .prompts import PromptSet, extract_description
+from .render import Obj, _objs, parse_description, position_name
+from .world import Filter, boxed_answer
 
 __all__ = ["Diagnosis", "diagnose", "own_failure_demos"]
 
@@ -193,7 +186,8 @@ def _reasoning_count(think: str, said: list[Obj], f: Filter, grid: int) -> str |
 def diagnose(response: str, row: dict[str, Any], grid: int = 4) -> Diagnosis | None:
     """The first wrong step of ``response`` to the synthetic ``row`` (None if the answer is right).
 
-    >>> from ivr.data.synth import make_row, trace
+    >>> from ivr.data.demos import trace
+    >>> from ivr.data.world import make_row
     >>> row, _ = make_row(3, "arith", 1)
     >>> good = trace(row["query"], row["scene"])
     >>> diagnose(good, row) is None

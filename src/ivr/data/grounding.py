@@ -2,14 +2,14 @@ r"""Grounding metrics for ``<desc>…</desc> <think>…</think> \boxed{…}`` an
 
 Why: IVR-R1's claim is that re-reasoning keeps the policy's answers *grounded* in what it sees.
 Accuracy cannot show that (a right answer can rest on a wrong description), and ``desc_exact``
-(``synth.description_fidelity``: every object with its position) is the wrong yardstick for it:
+(``render.description_fidelity``: every object with its position) is the wrong yardstick for it:
 it fails a counting answer whose description misnames a shape the question never asks about, so
 it mostly measures how much of the scene the model bothers to list. Two narrower questions:
 
     attribute_fidelity   is the model's own <desc> right about what the *question* depends on?
     self_consistency     does the boxed answer follow from the model's own <desc>?
 
-Both are computed with synth's own parser (``parse_description``), filters (``Filter``) and
+Both are computed with the world's own parser (``parse_description``), filters (``Filter``) and
 solver (``solve``), so they agree with how the world defines its answers. Together they split a
 wrong answer into "saw wrong" (fidelity 0, consistency 1: the model reasoned correctly from a
 wrong description — the grounding erosion the paper describes) and "reasoned wrong" (fidelity 1,
@@ -24,16 +24,9 @@ from typing import Any
 
 from ivr.rewards.answer import extract_boxed, grade_answer
 
-from .synth import (
-    Filter,
-    Obj,
-    _objs,
-    _relation_target,
-    description_fidelity,
-    extract_description,
-    parse_description,
-    solve,
-)
+from .prompts import extract_description
+from .render import Obj, _objs, description_fidelity, parse_description
+from .world import Filter, _relation_target, solve
 
 __all__ = ["attribute_fidelity", "grounding_summary", "self_consistency"]
 
@@ -112,7 +105,8 @@ def attribute_fidelity(response: str, row: dict[str, Any], *, grid: int = 4) -> 
     None for locate rows (their answers have no ``<desc>``); 0.0 when the response has no
     ``<desc>`` or one with an item that does not parse (a missing description is not faithful).
 
-    >>> from ivr.data.synth import make_row, trace
+    >>> from ivr.data.demos import trace
+    >>> from ivr.data.world import make_row
     >>> row, _ = make_row(0, "count", 2, seed=0)
     >>> attribute_fidelity(trace(row["query"], row["scene"]), row)
     1.0
@@ -132,7 +126,7 @@ def attribute_fidelity(response: str, row: dict[str, Any], *, grid: int = 4) -> 
 def self_consistency(response: str, row: dict[str, Any], *, grid: int = 4) -> float | None:
     r"""1.0 iff the boxed answer is what the response's own ``<desc>`` implies.
 
-    The answer implied by the description is ``synth.solve(row["query"], <scene parsed from the
+    The answer implied by the description is ``world.solve(row["query"], <scene parsed from the
     response's <desc>>)``; the boxed answer is compared to it with the reward's grader
     (``grade_answer`` with the row's answer type and options), so ``\boxed{B}`` matches an implied
     option text and ``\boxed{ 3 }`` matches ``3`` exactly as accuracy would. Why: a trace whose
@@ -144,7 +138,8 @@ def self_consistency(response: str, row: dict[str, Any], *, grid: int = 4) -> fl
     question undefined (e.g. no object matches a relation's reference), there is no boxed answer,
     or the boxed answer differs.
 
-    >>> from ivr.data.synth import make_row, trace
+    >>> from ivr.data.demos import trace
+    >>> from ivr.data.world import make_row
     >>> row, _ = make_row(0, "count", 2, seed=0)
     >>> good = trace(row["query"], row["scene"])
     >>> self_consistency(good, row), self_consistency(good.replace("\\boxed{", "\\boxed{1"), row)
@@ -171,10 +166,11 @@ def grounding_summary(
     responses: Sequence[str], rows: Sequence[dict[str, Any]], *, grid: int = 4
 ) -> dict[str, float | int | None]:
     """Mean ``attribute_fidelity`` and ``self_consistency`` over the rows they apply to (not locate),
-    with ``desc_exact``/``desc_f1`` (``synth.description_fidelity``) over the same rows for
+    with ``desc_exact``/``desc_f1`` (``render.description_fidelity``) over the same rows for
     comparison, and ``n`` the number of those rows. Means are None when ``n`` is 0.
 
-    >>> from ivr.data.synth import make_row, trace
+    >>> from ivr.data.demos import trace
+    >>> from ivr.data.world import make_row
     >>> rows = [make_row(i, t, 2, seed=0)[0] for i, t in enumerate(["count", "arith", "locate"])]
     >>> grounding_summary([trace(r["query"], r["scene"]) for r in rows], rows)
     {'attribute_fidelity': 1.0, 'self_consistency': 1.0, 'desc_exact': 1.0, 'desc_f1': 1.0, 'n': 2}

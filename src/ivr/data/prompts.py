@@ -1,23 +1,30 @@
 """Every prompt the method uses, in one place (IVR-R1 paper, appendix A.3).
 
 The paper's prompt texts were lost in extraction, so these are ours. They are deliberately short:
-the same strings are used to write the cold-start demonstrations (``data/synth.py``), to sample
+the same strings are used to write the cold-start demonstrations (``data/demos.py``), to sample
 answers, and to drive the re-reasoning loop (``rl/rectify.py``), so a tiny model trained from
 scratch sees exactly what it will be asked at RL time. Users override any of them with a YAML
 file (``ivr.prompts: path.yaml``) holding the same keys.
 
 Placeholders: ``{question}``, ``{response}`` (a previous answer), ``{critique}``,
 ``{description}`` (scene text, used instead of the image in the paper's §5.2 ablation).
+
+The two ends of a prompt live here too, once for every layer: ``question_prompt`` builds the
+ORIGINAL question chat (trainer, evaluator, SFT), and ``extract_tag`` reads a tag such as
+``<desc>`` back out of a response (rectification, self-reward, the world's metrics).
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
+from typing import Any
 
 import yaml
 
-from ..types import Prompt
+from ..types import Prompt, Sample
 
 #: Appended to every question: the paper's `<desc>` → `<think>` → `\boxed{}` answer format.
 ANSWER = (
@@ -89,6 +96,12 @@ def question_text(question: str, answer_type: str | None, prompts: PromptSet | N
     return (prompts or PromptSet()).answer.format(question=question)
 
 
+def question_prompt(sample: Sample, images: Sequence[Any], prompts: PromptSet) -> Prompt:
+    """The ORIGINAL prompt of a sample (``question_text``), with its images: what the trainer
+    samples from and the evaluator asks (the cold-start demonstrations use the same text)."""
+    return user_prompt(question_text(sample.question, sample.answer_type, prompts), tuple(images))
+
+
 def user_prompt(
     text: str,
     images: tuple = (),
@@ -107,3 +120,35 @@ def user_prompt(
         return Prompt(messages=({"role": "user", "content": content},), images=())
     content = [{"type": "image"} for _ in images] + [{"type": "text", "text": text}]
     return Prompt(messages=({"role": "user", "content": content},), images=tuple(images))
+
+
+# ----------------------------------------------------------------------------------- response tags
+
+
+def extract_tag(text: str, tag: str, *, unclosed: bool = False) -> str | None:
+    """The stripped text of the FIRST ``<tag>…</tag>`` block of ``text``, or None without one.
+
+    An unclosed block (a generation cut off at its token limit) counts as absent, unless
+    ``unclosed=True``: then it runs to the end of the text. The re-reasoning loop reads the
+    policy's own description strictly (``rl/rectify.py``); the description metrics of the
+    synthetic world read it leniently (``extract_description``).
+
+    >>> extract_tag("<desc> a red circle </desc><think>1</think>", "desc")
+    'a red circle'
+    >>> extract_tag("<desc>a</desc> <desc>b</desc>", "desc")  # the first block
+    'a'
+    >>> extract_tag("<desc>cut off", "desc") is None
+    True
+    >>> extract_tag("<desc>cut off", "desc", unclosed=True)
+    'cut off'
+    >>> extract_tag("<desc></desc>", "desc"), extract_tag("\\boxed{2}", "desc")
+    ('', None)
+    """
+    end = f"(?:</{re.escape(tag)}>|$)" if unclosed else f"</{re.escape(tag)}>"
+    m = re.search(f"<{re.escape(tag)}>(.*?){end}", text, re.S)
+    return m.group(1).strip() if m else None
+
+
+def extract_description(response: str) -> str | None:
+    """The text of the first ``<desc>`` block of a response (to its end if unclosed), or None."""
+    return extract_tag(response, "desc", unclosed=True)

@@ -149,7 +149,8 @@ def synth_grid(path: str | Path | None) -> int:
 def _attribute_f1(response: str, scene: Sequence[dict[str, Any]], grid: int) -> float:
     """Object-level F1 of a response's ``<desc>`` on (shape, colour, digit), positions ignored:
     does the model see *what* is there, even when it misplaces it? (Synthetic world only.)"""
-    from ivr.data.synth import extract_description, parse_description
+    from ivr.data.prompts import extract_description
+    from ivr.data.render import parse_description
 
     desc = extract_description(response)
     if desc is None:
@@ -169,9 +170,9 @@ def _attribute_f1(response: str, scene: Sequence[dict[str, Any]], grid: int) -> 
 
 def _description(text: str, scene: Sequence[dict[str, Any]], grid: int) -> dict[str, float]:
     """How faithfully the response's ``<desc>`` block describes the true scene (the synthetic
-    world): ``exact`` and ``f1`` with positions (``synth.description_fidelity``), ``attr_f1``
+    world): ``exact`` and ``f1`` with positions (``render.description_fidelity``), ``attr_f1``
     without them."""
-    from ivr.data.synth import description_fidelity
+    from ivr.data.render import description_fidelity
 
     fid = description_fidelity(text, scene, grid)
     return {"exact": fid["exact"], "f1": fid["f1"], "attr_f1": _attribute_f1(text, scene, grid)}
@@ -261,6 +262,7 @@ def predict(
     ``f1``, ``attr_f1``; positions on a ``grid``). An item whose images do not decode goes to ``skipped`` (never graded), or raises
     :class:`ImageDecodeError` when ``skipped`` is None.
     """
+    from ivr.data.prompts import question_prompt
     from ivr.rl.scoring import Scorer
 
     scorer = scorer or Scorer()
@@ -439,7 +441,7 @@ def evaluate_samples(
     ``desc_exact``/``desc_f1``/``desc_attr_f1`` for samples with a true ``scene``. Metrics (as
     fractions): ``n``; ``accuracy`` and ``format`` over text-graded samples, ``accuracy/<task>``
     when several tasks; ``loc_reward`` over box samples; ``desc_exact``/``desc_f1``
-    (``synth.description_fidelity``: objects with their positions) and ``desc_attr_f1``
+    (``render.description_fidelity``: objects with their positions) and ``desc_attr_f1``
     (positions ignored) over non-box samples carrying the true ``scene`` (synthetic world; box
     answers have no ``<desc>`` block); ``finished``.
     """

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..config import IVRConfig
-from ..data.prompts import PromptSet, user_prompt
+from ..data.prompts import PromptSet, extract_tag, user_prompt
 from ..types import Generation, Group, Prompt, Rollout, Sample
 from .scoring import Score, Scorer
 
@@ -55,21 +55,12 @@ def screen(group: Group, tau: float, k: int, rng: random.Random) -> list[int]:
     return sorted(failed, key=lambda i: (group.rollouts[i].reward, keys[i]))[:k]
 
 
-_DESC = re.compile(r"<desc>(.*?)</desc>", re.S)
-
-
-def own_description(response: str) -> str:
-    """The text of a response's ``<desc>…</desc>`` block ("" without one)."""
-    m = _DESC.search(response)
-    return m.group(1).strip() if m else ""
-
-
 def scene_text(sample: Sample, response: str, source: str = "own") -> str:
     """The textual proxy of the image for the description ablation: the ``<desc>`` of the response
     being critiqued, or (``source="dataset"``, leaky) the sample's true description if it has one."""
     if source == "dataset" and sample.description:
         return sample.description
-    return own_description(response)
+    return extract_tag(response, "desc") or ""
 
 
 def _objects(description: str) -> list[str]:
@@ -84,8 +75,8 @@ def description_agrees(sample: Sample, response: str) -> bool | None:
     carries no description to compare with)."""
     if not sample.description:
         return None
-    m = _DESC.search(response)
-    return m is not None and _objects(m.group(1)) == _objects(sample.description)
+    desc = extract_tag(response, "desc")
+    return desc is not None and _objects(desc) == _objects(sample.description)
 
 
 def _correct_format(sample: Sample, response: str, score: Score, tau: float) -> bool:

@@ -15,10 +15,9 @@ from __future__ import annotations
 from dataclasses import replace
 
 from ..config import Config
-from ..data.prompts import PromptSet, user_prompt
+from ..data.prompts import PromptSet, extract_tag, user_prompt
 from ..models.policy import Policy
 from ..types import Group
-from .rectify import own_description
 from .scoring import Scorer
 
 
@@ -33,7 +32,7 @@ def add_self_reward(
             continue
         for ri, r in enumerate(g.rollouts):
             text = prompts.description_only_answer.format(
-                description=own_description(r.text), question=g.sample.question
+                description=extract_tag(r.text, "desc") or "", question=g.sample.question
             )
             jobs.append((gi, ri, user_prompt(text)))
     if not jobs:

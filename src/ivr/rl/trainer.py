@@ -48,7 +48,7 @@ from torch import Tensor
 from ..config import Config, ConfigError, dump_config
 from ..data.dataset import load_samples
 from ..data.images import load_image
-from ..data.prompts import PromptSet, question_text, user_prompt
+from ..data.prompts import PromptSet, question_prompt
 from ..models.policy import Policy
 from ..rewards import LocalizationConfig
 from ..rollout import HFBackend, make_backend, recompute_enabled, recompute_logprobs
@@ -59,11 +59,6 @@ from . import sharding
 from .advantages import group_advantages
 from .losses import policy_loss
 from .scoring import RewardError, RewardFn, Scorer
-
-
-def question_prompt(sample: Sample, images: Sequence[Any], prompts: PromptSet) -> Prompt:
-    """The ORIGINAL prompt of a sample (``prompts.question_text``), with its images."""
-    return user_prompt(question_text(sample.question, sample.answer_type, prompts), tuple(images))
 
 
 def step_seed(seed: int, step: int, rank: int = 0) -> int:
@@ -862,4 +857,4 @@ def train(cfg: Config, **kwargs: Any) -> dict[str, float]:
     return Trainer(cfg, **kwargs).train()
 
 
-__all__ = ["Trainer", "question_prompt", "step_seed", "train"]
+__all__ = ["Trainer", "step_seed", "train"]
