@@ -37,7 +37,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from ivr.data.prompts import PromptSet, question_text, user_prompt
+from ivr.data.prompts import PromptSet, question_prompt
 from ivr.eval.loaders import (
     Benchmark,
     EvalItem,
@@ -262,7 +262,6 @@ def predict(
     ``f1``, ``attr_f1``; positions on a ``grid``). An item whose images do not decode goes to ``skipped`` (never graded), or raises
     :class:`ImageDecodeError` when ``skipped`` is None.
     """
-    from ivr.data.prompts import question_prompt
     from ivr.rl.scoring import Scorer
 
     scorer = scorer or Scorer()
@@ -284,8 +283,7 @@ def predict(
                 if it.image_size is None:  # boxes are in the pixels of the image as stored
                     it = replace(it, image_size=images[0].size)
             ready.append(it)
-            text = question_text(it.question, it.answer_type, prompts)  # the trainer's prompt
-            chats.append(user_prompt(text, tuple(images)))
+            chats.append(question_prompt(it, images, prompts))  # the trainer's prompt
             sizes.append(size)
         if not ready:
             continue
