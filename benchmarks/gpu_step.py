@@ -456,9 +456,9 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import AutoProcessor
     from transformers.utils import logging as hf_logging
 
-    import ivr.models  # noqa: F401  (registers the image-only processors)
     from ivr.data.images import load_image
     from ivr.data.prompts import PromptSet, question_prompt
+    from ivr.models import register_processors
     from ivr.models.flops import FlopCounter
     from ivr.models.policy import Policy
     from ivr.models.tiny import build_tiny_vlm
@@ -473,6 +473,7 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tmp_ctx.name)
     px = args.image_size**2
     model_dir = build_tiny_vlm(tmp / "tok", "qwen2_5_vl", min_pixels=min(px, 3136), max_pixels=px)
+    register_processors()  # AutoProcessor must resolve the image-only class saved there
     processor = AutoProcessor.from_pretrained(model_dir)
     samples, rows = make_work(tmp / "img", 16, args.image_size)
 

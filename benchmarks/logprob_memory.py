@@ -1,8 +1,9 @@
 """Peak memory of scoring: the old whole-tensor log-softmax vs ``ivr.models.logprobs`` chunks.
 
-One training-scoring call as the trainer makes it (``Policy._score``): logits [b, T+1, V] in the
-model's dtype (the ``logits_to_keep=T+1`` output, requiring grad) → per-token log π and entropy
-(entropy off the graph, ``entropy_grad=False``) → Σ w·logp → backward to the logits.
+One training-scoring call as the trainer makes it (``ivr.models.score.score``): logits
+[b, T+1, V] in the model's dtype (the ``logits_to_keep=T+1`` output, requiring grad) → per-token
+log π and entropy (entropy off the graph, ``entropy_grad=False``) → Σ w·logp → backward to the
+logits.
 
 How memory is measured (no GPU here, so no ``torch.cuda.max_memory_allocated``):
 - ``tensors`` (default): a ``TorchDispatchMode`` sees every op, forward and backward, registers

@@ -14,7 +14,7 @@ from tiny_runs import cfg_for
 
 from ivr.models.policy import Policy, chat_prompt
 from ivr.rl.trainer import Trainer
-from ivr.rollout.backends import recompute_logprobs
+from ivr.rollout.base import recompute_logprobs
 
 ONE_STEP = ("train.steps=1", "train.save_every=0")
 
@@ -88,7 +88,7 @@ def _need_vllm_gpu():
 @pytest.fixture(scope="module")
 def vllm_setup(tiny_qwen25_dir):
     _need_vllm_gpu()
-    from ivr.rollout.backends import VLLMBackend
+    from ivr.rollout.vllm import VLLMBackend
 
     policy = Policy.from_pretrained(tiny_qwen25_dir, device="cuda")
     backend = VLLMBackend(policy, str(tiny_qwen25_dir), dtype="float32", gpu_memory_utilization=0.2)

@@ -118,3 +118,54 @@ def test_one_visual_token_per_grid_cell(request, fixture):
 def test_unknown_arch(tmp_path):
     with pytest.raises(ValueError, match="llava"):
         build_tiny_vlm(tmp_path, "llava")
+
+
+# ---------------------------------------------------------------- processor registration
+_REGISTERED = """
+from transformers import Qwen2_5_VLConfig, Qwen3VLConfig
+from transformers.models.auto.processing_auto import PROCESSOR_MAPPING
+from ivr.models.processor import IMAGE_ONLY_PROCESSORS
+def registered():
+    return set(PROCESSOR_MAPPING._extra_content.values()) & set(IMAGE_ONLY_PROCESSORS.values())
+"""
+
+
+def _run(code: str) -> str:
+    """``code`` in a fresh interpreter (registration is process-wide state): its stdout."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    src = str(Path(__file__).resolve().parents[2] / "src")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run(
+        [sys.executable, "-c", _REGISTERED + code], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_importing_ivr_models_registers_nothing(tiny_qwen25_dir):
+    """``import ivr.models`` (and the rollout layer above it) leaves ``AutoProcessor`` alone;
+    ``register_processors()`` registers both classes, idempotently."""
+    out = _run(
+        "import ivr.models, ivr.rollout\n"
+        "print(len(registered()))\n"
+        "ivr.models.register_processors(); ivr.models.register_processors()\n"
+        "print(len(registered()))\n"
+    )
+    assert out.split() == ["0", "2"]
+
+
+def test_loading_a_tiny_model_registers_what_it_needs(tiny_qwen25_dir):
+    """In a fresh process, ``Policy.from_pretrained`` alone loads the image-only processor, and
+    afterwards plain ``AutoProcessor`` resolves it too."""
+    out = _run(
+        "from transformers import AutoProcessor\n"
+        "from ivr.models import Policy\n"
+        f"p = Policy.from_pretrained({str(tiny_qwen25_dir)!r})\n"
+        f"q = AutoProcessor.from_pretrained({str(tiny_qwen25_dir)!r})\n"
+        "print(type(p.processor).__name__, type(q).__name__, len(registered()))\n"
+    )
+    assert out.split() == ["Qwen2_5_VLImageOnlyProcessor", "Qwen2_5_VLImageOnlyProcessor", "2"]

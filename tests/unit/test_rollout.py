@@ -1,4 +1,4 @@
-"""The pure parts of the rollout backends (rollout/backends.py), tested without vLLM.
+"""The pure parts of the rollout backends (rollout/base.py, hf.py, vllm.py), tested without vLLM.
 
 The vLLM-shaped objects below are plain ``SimpleNamespace``s with the fields our converter reads
 (``RequestOutput.outputs[i].{index, token_ids, logprobs, finish_reason}``; a per-token logprob is
@@ -17,14 +17,12 @@ from PIL import Image
 
 from ivr.config import ConfigError, load_config
 from ivr.models.policy import Policy
-from ivr.rollout.backends import (
-    HFBackend,
-    RolloutBackend,
+from ivr.rollout.base import RolloutBackend, make_backend, recompute_enabled
+from ivr.rollout.hf import HFBackend
+from ivr.rollout.vllm import (
     banned_token_params,
     build_request,
-    make_backend,
     merged_named_weights,
-    recompute_enabled,
     sampling_kwargs,
     to_generations,
     vllm_weight_name,
@@ -289,3 +287,55 @@ def test_vllm_backend_errors_name_the_knob_and_the_extra(policy, tiny_qwen25_dir
     with pytest.raises((ImportError, RuntimeError)) as err:
         make_backend(cfg, policy)
     assert "rollout.backend=vllm" in str(err.value) and "pip install 'ivr[vllm]'" in str(err.value)
+
+
+# ---------------------------------------------------------------- registry and capabilities
+def test_registry_matches_the_config_choices() -> None:
+    """The config validates ``rollout.backend`` without importing torch: its list of names is the
+    registry's."""
+    from ivr.config import _CHOICES
+    from ivr.rollout.base import BACKENDS
+
+    assert set(BACKENDS) == set(_CHOICES["rollout.backend"])
+
+
+def test_capabilities_are_what_the_trainer_reads() -> None:
+    from ivr.rollout.vllm import VLLMBackend
+
+    assert HFBackend.shares_policy_weights and HFBackend.logprobs_match_training
+    assert not VLLMBackend.shares_policy_weights and not VLLMBackend.logprobs_match_training
+
+
+def test_a_new_backend_is_one_class_and_one_registry_entry(policy, monkeypatch) -> None:
+    """What rollout/__init__.py promises: a class with the Protocol's members, one entry in
+    ``BACKENDS``, and the factory and the recompute knob follow (no trainer change)."""
+    import dataclasses
+
+    from ivr.rollout import base
+
+    class EchoBackend:
+        shares_policy_weights = False
+        logprobs_match_training = False
+
+        def __init__(self, policy):
+            self.generate = policy.generate
+
+        @classmethod
+        def from_config(cls, cfg, policy):
+            return cls(policy)
+
+        def sync_weights(self, model) -> None:
+            pass
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setitem(base.BACKENDS, "echo", EchoBackend)
+    cfg = load_config(None, [])
+    cfg = dataclasses.replace(cfg, rollout=dataclasses.replace(cfg.rollout, backend="echo"))
+    backend = make_backend(cfg, policy)
+    assert isinstance(backend, EchoBackend) and isinstance(backend, RolloutBackend)
+    assert recompute_enabled(cfg.rollout) is True  # its logprobs are not the training forward's
+    bad = dataclasses.replace(cfg, rollout=dataclasses.replace(cfg.rollout, backend="nope"))
+    with pytest.raises(ValueError, match="rollout.backend = 'nope'; expected 'hf' or 'vllm'"):
+        make_backend(bad, policy)

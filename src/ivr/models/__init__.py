@@ -1,15 +1,24 @@
 """Models: the policy wrapper, tiny offline checkpoints and image-only Qwen VL processors.
 
-Importing this package registers the image-only processors with ``AutoProcessor`` (see
-``ivr.models.processor``), so directories saved by ``build_tiny_vlm`` load back as processors,
-not bare tokenizers.
+Importing this package changes no global state. ``register_processors()`` (idempotent) makes
+``AutoProcessor`` resolve the image-only processors that ``build_tiny_vlm`` saves; the loaders
+(``Policy.from_pretrained``, ``build_tiny_vlm``) call it themselves, so only code that calls
+``AutoProcessor.from_pretrained`` directly on such a directory needs to call it first.
+
+Modules: ``policy`` (``Policy``, the one public class, and the prompt helpers), ``loading``
+(``from_pretrained``), ``decode`` (sampling), ``score`` (log-probabilities of given completions),
+``logprobs`` (the chunked float32 formula), ``kv_cache``, ``flops``, ``processor``, ``tiny``.
 """
 
-from ivr.models.processor import register_image_only_processors
+from ivr.models.policy import LogprobOutput, Policy, chat_prompt, count_image_placeholders
+from ivr.models.processor import register_processors
+from ivr.models.tiny import build_tiny_vlm
 
-register_image_only_processors()
-
-from ivr.models.policy import LogprobOutput, Policy, chat_prompt  # noqa: E402
-from ivr.models.tiny import build_tiny_vlm  # noqa: E402
-
-__all__ = ["LogprobOutput", "Policy", "build_tiny_vlm", "chat_prompt"]
+__all__ = [
+    "LogprobOutput",
+    "Policy",
+    "build_tiny_vlm",
+    "chat_prompt",
+    "count_image_placeholders",
+    "register_processors",
+]

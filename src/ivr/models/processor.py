@@ -6,12 +6,16 @@ environments. This library only feeds still images, so these subclasses drop the
 processor and keep everything else (chat template, placeholder expansion, ``mm_token_type_ids``)
 exactly as upstream.
 
-They are registered with ``AutoProcessor`` when ``ivr.models`` is imported: a directory saved
-with one of them records its class name in ``processor_config.json``, and without the
-registration ``AutoProcessor.from_pretrained(dir)`` cannot resolve that name and silently returns
-only the tokenizer. The registration is keyed on the Qwen config classes with ``exist_ok=True``;
-it only changes what ``AutoProcessor`` returns for checkpoints that name no processor class at
-all (real Qwen checkpoints name ``Qwen2_5_VLProcessor`` / ``Qwen3VLProcessor`` and are untouched).
+A directory saved with one of them records its class name in ``processor_config.json``, and
+unless the classes are registered with ``AutoProcessor`` it cannot resolve that name and
+``AutoProcessor.from_pretrained(dir)`` silently returns only the tokenizer. ``register_processors``
+does that registration. It is explicit, not a side effect of importing ``ivr.models``: the code
+paths that load a processor call it (``Policy.from_pretrained``, which every eval/SFT/RL loader
+goes through; ``build_tiny_vlm``; the vLLM backend, whose engine loads the processor itself).
+Code that calls ``AutoProcessor.from_pretrained`` on such a directory directly calls it first.
+The registration is keyed on the Qwen config classes with ``exist_ok=True`` (idempotent); it only
+changes what ``AutoProcessor`` returns for checkpoints that name no processor class at all (real
+Qwen checkpoints name ``Qwen2_5_VLProcessor`` / ``Qwen3VLProcessor`` and are untouched).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ __all__ = [
     "IMAGE_ONLY_PROCESSORS",
     "Qwen2_5_VLImageOnlyProcessor",
     "Qwen3VLImageOnlyProcessor",
-    "register_image_only_processors",
+    "register_processors",
 ]
 
 
@@ -57,7 +61,7 @@ IMAGE_ONLY_PROCESSORS: dict[str, type] = {
 }
 
 
-def register_image_only_processors() -> None:
+def register_processors() -> None:
     """Make ``AutoProcessor`` able to resolve the image-only classes by name (idempotent)."""
     AutoProcessor.register(Qwen2_5_VLConfig, Qwen2_5_VLImageOnlyProcessor, exist_ok=True)
     AutoProcessor.register(Qwen3VLConfig, Qwen3VLImageOnlyProcessor, exist_ok=True)

@@ -35,7 +35,11 @@ from transformers import (
 from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 from transformers.utils import logging as hf_logging
 
-from ivr.models.processor import Qwen2_5_VLImageOnlyProcessor, Qwen3VLImageOnlyProcessor
+from ivr.models.processor import (
+    Qwen2_5_VLImageOnlyProcessor,
+    Qwen3VLImageOnlyProcessor,
+    register_processors,
+)
 
 __all__ = ["ARCHS", "CHAT_TEMPLATE", "SPECIAL_TOKENS", "build_tiny_vlm", "default_corpus"]
 
@@ -278,9 +282,11 @@ def build_tiny_vlm(
     special tokens included (a small corpus yields fewer tokens). ``min_pixels``/``max_pixels``
     default to 2×2 … 16×16 visual tokens. The same arguments give the same files. Returns
     ``out_dir``, loadable with ``Policy.from_pretrained`` or ``AutoModelForImageTextToText`` +
-    ``AutoProcessor`` (after ``import ivr.models``). A non-empty ``out_dir`` is refused unless
+    ``AutoProcessor`` (this call registers the image-only processors with ``AutoProcessor``:
+    ``ivr.models.register_processors``). A non-empty ``out_dir`` is refused unless
     ``overwrite`` (``--overwrite``), which writes the model's files over it.
     """
+    register_processors()  # the saved directory names an image-only class: make it loadable
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; expected one of {ARCHS}")
     for name, value in (("hidden", hidden), ("vision_hidden", vision_hidden)):

@@ -20,7 +20,7 @@ What is really implemented, and why:
 - ``old_logprobs`` are the sampling log-probabilities returned by ``generate`` (π_θold is the
   policy that sampled). They are exact up to float error (tested to 1e-4), so no extra forward is
   spent on them; μ > 1 reuses them too, which is what PPO prescribes. With the vLLM rollout
-  backend (other kernels) they are recomputed by a no-grad training forward (rollout/backends.py).
+  backend (other kernels) they are recomputed by a no-grad training forward (rollout/base.py).
 - The training forward divides logits by the sampling temperature, so ρ = 1 at the first pass.
 - Token aggregation is over the whole minibatch (all ranks): each micro-batch loss is re-weighted
   by its share of the minibatch's tokens (or sequences) and gradients are summed across ranks.
@@ -51,7 +51,7 @@ from ..data.images import load_image
 from ..data.prompts import PromptSet, question_prompt
 from ..models.policy import Policy
 from ..rewards import LocalizationConfig
-from ..rollout import HFBackend, make_backend, recompute_enabled, recompute_logprobs
+from ..rollout import make_backend, recompute_enabled, recompute_logprobs
 from ..tracking import Tracker
 from ..types import Generation, Group, Prompt, Rollout, Sample
 from . import checkpoint as ckpt
@@ -310,7 +310,7 @@ class Trainer:
                 top_p=cfg.rollout.top_p,
                 num_return_sequences=cfg.rollout.group_size,
             )
-        if recompute_enabled(cfg.rollout):  # π_old from the training forward (rollout/backends.py)
+        if recompute_enabled(cfg.rollout):  # π_old from the training forward (rollout/base.py)
             with timer("old_logprobs"), self._gathered():
                 gens = recompute_logprobs(
                     self.policy,
@@ -578,7 +578,7 @@ class Trainer:
     def _gathered(self, sampling: bool = False):
         """Sampling and other data-dependent passes on full weights (a no-op unsharded, and for
         sampling when another engine samples: vLLM holds its own copy of the weights)."""
-        if not self.sharded or (sampling and not isinstance(self.rollout, HFBackend)):
+        if not self.sharded or (sampling and not self.rollout.shares_policy_weights):
             yield
             return
         with sharding.gathered(self.model):

@@ -1,34 +1,19 @@
-"""Rollout backends: who samples the completions (``rollout.backend: hf | vllm``).
+"""The vLLM rollout backend (``rollout.backend: vllm``; ``pip install 'ivr[vllm]'``, a CUDA GPU).
 
-The trainer samples through one small interface, ``RolloutBackend``:
+``VLLMBackend`` runs a vLLM engine in the trainer's own process on the same GPU ("colocate", as
+TRL's ``vllm_mode="colocate"``), holding its own copy of the weights in
+``rollout.vllm_gpu_memory_utilization`` of the GPU memory (weights + KV cache). After each update
+the new weights are streamed into the engine's model (``load_weights``, one tensor at a time, HF
+names: vLLM maps them). Under LoRA the merged weights W + ΔW are computed per layer without
+touching the training weights (no merge/unmerge round trip, which drifts in bf16). Only what can
+have changed is sent after the first sync (trainable parameters; under LoRA the adapted layers),
+and the engine's prefix cache is reset so no KV computed by old weights is reused.
 
-    generate(prompts, *, max_new_tokens, temperature, top_p, top_k, num_return_sequences, seed)
-        -> out[prompt][sample] : Generation          (the contract of ``Policy.generate``)
-    sync_weights(model)   after every update phase: make the sampler see the new weights
-    close()               free what the backend holds (GPU memory, processes)
-
-``HFBackend`` (default) is the training model itself (``Policy.generate``): nothing to sync, and
-its ``Generation.logprobs`` equal the training forward's to ~1e-5 (tested), so they serve as
-``old_logprobs`` with no extra forward.
-
-``VLLMBackend`` (``pip install 'ivr[vllm]'``, a CUDA GPU) runs a vLLM engine in the trainer's own
-process on the same GPU ("colocate", as TRL's ``vllm_mode="colocate"``), holding its own copy of
-the weights in ``rollout.vllm_gpu_memory_utilization`` of the GPU memory (weights + KV cache).
-After each update the new weights are streamed into the engine's model (``load_weights``, one
-tensor at a time, HF names: vLLM maps them). Under LoRA the merged weights W + ΔW are computed per
-layer without touching the training weights (no merge/unmerge round trip, which drifts in bf16).
-Only what can have changed is sent after the first sync (trainable parameters; under LoRA the
-adapted layers), and the engine's prefix cache is reset so no KV computed by old weights is reused.
-
-Why ``old_logprobs`` are recomputed with vLLM (``rollout.recompute_logprobs: auto`` → on for
-vllm, off for hf): vLLM's per-token logprobs come from other kernels (paged attention, fused
-sampling, often bf16 with a different reduction order) and, in "processed" mode, from the top-p
-*truncated* distribution, while the loss's π_θ comes from the HF forward. Using them as π_old
-would make the ratio ρ = π_θ/π_old ≠ 1 at the first pass for reasons that have nothing to do with
-the update, and clipping would act on that noise. So the trainer recomputes log π_old with the
-HF policy under ``no_grad`` (``recompute_logprobs``: one forward over the batch, prompts shared
-across the G samples of a group): ρ = 1 exactly at the first pass, as PPO intends; the samples
-themselves remain vLLM's (off by kernel noise from the HF policy, which the clipped ratio covers).
+Its logprobs do not match the training forward (``logprobs_match_training = False``): they come
+from other kernels and, in "processed" mode, from the top-p *truncated* distribution, so with
+``rollout.recompute_logprobs: auto`` the trainer recomputes π_old with the HF policy
+(``ivr.rollout.base``). The samples themselves remain vLLM's (off by kernel noise from the HF
+policy, which the clipped ratio covers).
 
 The pure parts (request building, output conversion, banned tokens, weight names, merged LoRA
 weights) are plain functions, tested without vLLM; everything that imports vLLM is inside
@@ -39,27 +24,23 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ..models.policy import count_image_placeholders
+from ..models.processor import register_processors
 from ..types import Generation, Prompt
 
 if TYPE_CHECKING:
-    from ..config import Config, RolloutConfig
+    from ..config import Config
     from ..models.policy import Policy
 
 __all__ = [
-    "HFBackend",
-    "RolloutBackend",
     "VLLMBackend",
     "banned_token_params",
     "build_request",
-    "make_backend",
     "merged_named_weights",
-    "recompute_enabled",
-    "recompute_logprobs",
     "sampling_kwargs",
     "to_generations",
     "vllm_weight_name",
@@ -71,121 +52,6 @@ _INSTALL_HINT = (
 )
 
 
-@runtime_checkable
-class RolloutBackend(Protocol):
-    """What the trainer needs from a sampler. ``generate`` has the contract of
-    ``Policy.generate``: ``out[i][j]`` is sample j of prompt i; token ids end with the eos token
-    when the completion finished; ``logprobs`` are log π_T of the sampled tokens (or None)."""
-
-    def generate(
-        self,
-        prompts: Sequence[Prompt],
-        *,
-        max_new_tokens: int = 256,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        top_k: int = 0,
-        num_return_sequences: int = 1,
-        seed: int | None = None,
-    ) -> list[list[Generation]]: ...
-
-    def sync_weights(self, model: torch.nn.Module) -> None:
-        """Called after every update phase with the training model (plain or peft)."""
-        ...
-
-    def close(self) -> None: ...
-
-
-# ====================================================================== HF generate
-class HFBackend:
-    """The training model samples its own rollouts (``Policy.generate``); nothing to sync."""
-
-    def __init__(self, policy: Policy):
-        self.policy = policy
-        self.generate = policy.generate  # the Protocol's signature, by construction
-
-    def sync_weights(self, model: torch.nn.Module) -> None:
-        """Nothing to do: the sampler *is* the training model."""
-
-    def close(self) -> None:
-        pass
-
-
-# ====================================================================== the factory
-def make_backend(cfg: Config, policy: Policy) -> RolloutBackend:
-    """The backend ``cfg.rollout.backend`` names, sampling for ``policy``."""
-    backend = cfg.rollout.backend
-    if backend == "hf":
-        return HFBackend(policy)
-    if backend == "vllm":
-        if not cfg.model.path:
-            raise ValueError(
-                "rollout.backend=vllm builds its engine from model.path, which is empty (a policy "
-                "passed in directly has no checkpoint vLLM could load)"
-            )
-        return VLLMBackend(
-            policy,
-            cfg.model.path,
-            dtype=cfg.model.dtype,
-            gpu_memory_utilization=cfg.rollout.vllm_gpu_memory_utilization,
-            max_model_len=cfg.rollout.vllm_max_model_len,
-            sleep_mode=cfg.rollout.vllm_sleep_mode,
-            min_pixels=cfg.model.min_pixels,
-            max_pixels=cfg.model.max_pixels,
-            seed=cfg.train.seed,
-        )
-    raise ValueError(f"rollout.backend = {backend!r}; expected 'hf' or 'vllm'")
-
-
-# ====================================================================== old logprobs
-def recompute_enabled(rollout: RolloutConfig) -> bool:
-    """``rollout.recompute_logprobs``: true/false as given; ``auto`` = on unless the backend is
-    HF generate (whose sampling logprobs are the training forward's, tested to 1e-4)."""
-    value = rollout.recompute_logprobs
-    if value == "auto":
-        return rollout.backend != "hf"
-    return bool(value)
-
-
-def recompute_logprobs(
-    policy: Policy,
-    prompts: Sequence[Prompt],
-    gens: Sequence[Sequence[Generation]],
-    *,
-    temperature: float,
-    micro_batch_size: int | None = None,
-) -> list[list[Generation]]:
-    """``gens`` (``out[prompt][sample]``) with ``logprobs`` replaced by log π_T(token) from the
-    HF policy (no grad): exactly the quantity the loss computes at the first pass. The samples of
-    a prompt share its ``Prompt`` object, so the policy runs each prompt (and image) once."""
-    flat_p = [p for p, g in zip(prompts, gens, strict=True) for _ in g]
-    flat = [x for g in gens for x in g]
-    if not flat:
-        return [list(g) for g in gens]
-    out = policy.completion_logprobs(
-        flat_p,
-        [x.token_ids for x in flat],
-        temperature=temperature,
-        micro_batch_size=micro_batch_size,
-    )
-    lp = out.logprobs.detach().float().cpu()
-    new = [
-        Generation(
-            text=x.text,
-            token_ids=x.token_ids,
-            logprobs=tuple(lp[i, : len(x.token_ids)].tolist()),
-            finished=x.finished,
-        )
-        for i, x in enumerate(flat)
-    ]
-    res, k = [], 0
-    for g in gens:
-        res.append(new[k : k + len(g)])
-        k += len(g)
-    return res
-
-
-# ====================================================================== pure vLLM helpers
 def build_request(processor: Any, prompt: Prompt) -> dict[str, Any]:
     """One of our prompts as a vLLM request: the chat-templated text (one ``<|image_pad|>`` per
     image; vLLM expands it to the image's token count) plus the PIL images, in order."""
@@ -367,6 +233,9 @@ class VLLMBackend:
     supported (one engine per training process).
     """
 
+    shares_policy_weights = False  # its own copy, refreshed by ``sync_weights``
+    logprobs_match_training = False  # other kernels, truncated distribution: recompute π_old
+
     def __init__(
         self,
         policy: Policy,
@@ -387,6 +256,8 @@ class VLLMBackend:
         if not torch.cuda.is_available():
             raise RuntimeError(f"{_INSTALL_HINT}; torch sees no CUDA device here")
         from accelerate import PartialState
+
+        register_processors()  # the engine's AutoProcessor may meet an image-only class
 
         self.policy = policy
         self._sampling_params = vllm.SamplingParams
@@ -420,6 +291,26 @@ class VLLMBackend:
         # The engine loaded model_path; the policy may differ (resumed run, LoRA adapter):
         # send everything once.
         self.sync_weights(policy.model)
+
+    @classmethod
+    def from_config(cls, cfg: Config, policy: Policy) -> VLLMBackend:
+        """An engine built from ``model.path`` with the ``rollout.vllm_*`` settings."""
+        if not cfg.model.path:
+            raise ValueError(
+                "rollout.backend=vllm builds its engine from model.path, which is empty (a policy "
+                "passed in directly has no checkpoint vLLM could load)"
+            )
+        return cls(
+            policy,
+            cfg.model.path,
+            dtype=cfg.model.dtype,
+            gpu_memory_utilization=cfg.rollout.vllm_gpu_memory_utilization,
+            max_model_len=cfg.rollout.vllm_max_model_len,
+            sleep_mode=cfg.rollout.vllm_sleep_mode,
+            min_pixels=cfg.model.min_pixels,
+            max_pixels=cfg.model.max_pixels,
+            seed=cfg.train.seed,
+        )
 
     # ------------------------------------------------------------------ sampling
     def generate(
