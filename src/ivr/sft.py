@@ -34,7 +34,7 @@ What is really implemented, and why:
   ``sft.batch_size`` rows per forward, ``sft.grad_accum`` forwards per optimiser step; the loss is
   the mean over all assistant tokens of the optimiser step (token-level, like the RL loss).
 - **Determinism and resumption.** The row order is a seeded permutation per epoch, so the rows
-  of step ``s`` depend on (seed, s) only; checkpoints (``rl/checkpoint.py``: weights, optimiser,
+  of step ``s`` depend on (seed, s) only; checkpoints (``ivr/checkpoint.py``: weights, optimiser,
   scheduler, RNG) every ``sft.save_every`` steps, and ``train.resume=true`` continues from the last
   one with the same losses as an uninterrupted run (tested on CPU).
 - **One process, one device** (no ``accelerate launch`` data parallelism yet).
@@ -70,7 +70,7 @@ from .config import Config, dump_config
 from .data.images import load_image
 from .data.prompts import PromptSet
 from .models.policy import Policy, count_image_placeholders
-from .rl import checkpoint as ckpt
+from . import checkpoint as ckpt
 from .tracking import Tracker
 from .types import Sample
 

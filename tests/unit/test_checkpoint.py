@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import save_file
 
 from ivr.config import ConfigError, load_config
-from ivr.rl import checkpoint as ckpt
+from ivr import checkpoint as ckpt
 
 
 class _Model(torch.nn.Module):

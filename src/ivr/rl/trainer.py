@@ -54,7 +54,7 @@ from ..rewards import LocalizationConfig
 from ..rollout import HFBackend, make_backend, recompute_enabled, recompute_logprobs
 from ..tracking import Tracker
 from ..types import Generation, Group, Prompt, Rollout, Sample
-from . import checkpoint as ckpt
+from .. import checkpoint as ckpt
 from . import sharding
 from .advantages import group_advantages
 from .losses import policy_loss
