@@ -25,9 +25,11 @@ What is really implemented, and why:
 - Token aggregation is over the whole minibatch (all ranks): each micro-batch loss is re-weighted
   by its share of the minibatch's tokens (or sequences) and gradients are summed across ranks.
 - Multi-process (``accelerate launch``): every rank samples its own prompts and keeps its groups;
-  gradients are all-reduced by hand (no DDP wrapper, so ``generate`` runs on the plain module).
+  gradients are all-reduced by hand (rl/distributed.py; no DDP wrapper, so ``generate`` runs on
+  the plain module).
 - Determinism: every step reseeds from (seed, step), so a run killed and resumed from a checkpoint
-  samples and updates exactly as an uninterrupted one (tested on CPU).
+  samples and updates exactly as an uninterrupted one (tested on CPU). The model set-up, seeds and
+  row order are SFT's too (ivr/training.py).
 """
 
 from __future__ import annotations

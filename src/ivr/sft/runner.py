@@ -8,7 +8,8 @@ from chat rows (``sft.jsonl`` of ``ivr synth``, or any Vision-SR1-style cold-sta
      "messages": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": …}]},
                   {"role": "assistant", "content": "<desc>…</desc> <think>…</think> \\boxed{2}"}]}
 
-What is really implemented, and why:
+What is really implemented, and why (masking, fields and padding live in ``sft/data.py``; the
+loss, the loop, eval and checkpoints here; the model set-up is the RL trainer's, ``ivr.training``):
 
 - **Masking.** Each row is rendered once with the processor's own chat template. The assistant
   spans are found by rendering the conversation up to each assistant turn twice — with
