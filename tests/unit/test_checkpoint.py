@@ -10,8 +10,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from ivr import checkpoint as ckpt
 from ivr.config import ConfigError, load_config
-from ivr.rl import checkpoint as ckpt
 
 
 class _Model(torch.nn.Module):

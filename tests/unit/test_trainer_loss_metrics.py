@@ -14,11 +14,11 @@ import pytest
 import torch
 
 from ivr.rl import policy_loss
-from ivr.rl.trainer import _loss_metrics
+from ivr.rl.metrics import loss_metrics
 
 
 def _one_process(*xs: float):
-    """``Trainer._global_sum`` with one rank: the values themselves."""
+    """``Collectives.sum`` (rl/distributed.py) with one rank: the values themselves."""
     return xs[0] if len(xs) == 1 else tuple(xs)
 
 
@@ -40,7 +40,7 @@ def _micro(on_adv: float, off_adv: float) -> dict[str, torch.Tensor]:
 
 
 def _summed(*micros: dict[str, torch.Tensor]) -> dict[str, float]:
-    """What ``Trainer.update`` hands ``_loss_metrics``: each metric summed over micro-batches."""
+    """What ``Trainer.update`` hands ``loss_metrics``: each metric summed over micro-batches."""
     keys = micros[0]
     return {k: float(sum(m[k] for m in micros)) for k in keys}
 
@@ -62,7 +62,7 @@ def test_two_micro_batches_with_different_totals_pool_exactly() -> None:
     a, b = _micro(1.0, 1.0), _micro(3.0, 2.0)
     assert a["off_policy_grad_share"].item() == pytest.approx(0.2, abs=1e-6)
     assert b["off_policy_grad_share"].item() == pytest.approx(1 / 7, abs=1e-6)
-    out = _loss_metrics(_summed(a, b), 2, _one_process)
+    out = loss_metrics(_summed(a, b), 2, _one_process)
     assert out["loss/off_policy_grad_share"] == pytest.approx(3 / 19, abs=1e-6)
     assert out["loss/off_policy_grad_share"] != pytest.approx(12 / 70, abs=1e-3)
     # The other metrics stay the mean over micro-batches: off_policy_token_share is 1/2 in both.
@@ -81,7 +81,7 @@ def test_pooled_over_ranks_with_one_collective() -> None:
         calls.append(xs)
         return tuple(x + y for x, y in zip(xs, (other["off_policy_grad"], other["policy_grad"])))
 
-    out = _loss_metrics(_summed(_micro(1.0, 1.0), _micro(3.0, 2.0)), 2, two_ranks)
+    out = loss_metrics(_summed(_micro(1.0, 1.0), _micro(3.0, 2.0)), 2, two_ranks)
     assert out["loss/off_policy_grad_share"] == pytest.approx(1 / 9, abs=1e-6)
     assert len(calls) == 1 and calls[0] == pytest.approx((0.75, 4.75), abs=1e-6)
 
@@ -95,12 +95,12 @@ def test_a_rank_without_micro_batches_still_joins_the_collective() -> None:
         calls.append(xs)
         return (1.0 + xs[0], 4.0 + xs[1])
 
-    out = _loss_metrics({}, 0, others)
+    out = loss_metrics({}, 0, others)
     assert calls == [(0.0, 0.0)]
     assert out == {"loss/off_policy_grad_share": 0.25}
 
 
 def test_nothing_pushes_gives_zero() -> None:
     # Â = 0 everywhere: no push at all -> share 0 (not NaN), as policy_loss reports it.
-    out = _loss_metrics(_summed(_micro(0.0, 0.0)), 1, _one_process)
+    out = loss_metrics(_summed(_micro(0.0, 0.0)), 1, _one_process)
     assert out["loss/off_policy_grad_share"] == 0.0

@@ -25,9 +25,11 @@ What is really implemented, and why:
 - Token aggregation is over the whole minibatch (all ranks): each micro-batch loss is re-weighted
   by its share of the minibatch's tokens (or sequences) and gradients are summed across ranks.
 - Multi-process (``accelerate launch``): every rank samples its own prompts and keeps its groups;
-  gradients are all-reduced by hand (no DDP wrapper, so ``generate`` runs on the plain module).
+  gradients are all-reduced by hand (rl/distributed.py; no DDP wrapper, so ``generate`` runs on
+  the plain module).
 - Determinism: every step reseeds from (seed, step), so a run killed and resumed from a checkpoint
-  samples and updates exactly as an uninterrupted one (tested on CPU).
+  samples and updates exactly as an uninterrupted one (tested on CPU). The model set-up, seeds and
+  row order are SFT's too (ivr/training.py).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ import math
 import random
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -45,8 +47,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .. import checkpoint as ckpt
+from .. import training
 from ..config import Config, ConfigError, dump_config
-from ..data.dataset import load_samples
 from ..data.images import load_image
 from ..data.prompts import PromptSet, question_prompt
 from ..models.policy import Policy
@@ -54,23 +57,12 @@ from ..rewards import LocalizationConfig
 from ..rollout import make_backend, recompute_enabled, recompute_logprobs
 from ..tracking import Tracker
 from ..types import Generation, Group, Prompt, Rollout, Sample
-from . import checkpoint as ckpt
 from . import sharding
 from .advantages import group_advantages
+from .distributed import Collectives, cpu_only
 from .losses import policy_loss
+from .metrics import Timer, loss_metrics, nan_components, reward_metrics, sample_rows
 from .scoring import RewardError, RewardFn, Scorer
-
-
-def step_seed(seed: int, step: int, rank: int = 0) -> int:
-    return (seed * 1_000_003 + step * 9_973 + rank * 101) % (2**31)
-
-
-class _Timer(dict):
-    @contextmanager
-    def __call__(self, name: str):
-        t0 = time.perf_counter()
-        yield
-        self[f"time/{name}"] = self.get(f"time/{name}", 0.0) + time.perf_counter() - t0
 
 
 class Trainer:
@@ -92,10 +84,9 @@ class Trainer:
                 "the G samples of a group would all be the same greedy answer, every advantage 0"
             )
         self.cfg = cfg
-        self.state = PartialState(cpu=_cpu_only(cfg))
+        self.state = PartialState(cpu=cpu_only(cfg))
         self.rank, self.world = self.state.process_index, self.state.num_processes
-        if cfg.train.threads:
-            torch.set_num_threads(cfg.train.threads)
+        training.set_threads(cfg)
         self.out = Path(cfg.train.output_dir)
         self.ckpt_dir = self.out / "checkpoints"
         self.prompts = PromptSet.load(cfg.data.prompts)
@@ -106,8 +97,8 @@ class Trainer:
             ckpt.clear_run(self.out)
         self.policy = policy if policy is not None else self._load_policy(resume_from)
         self.model = self.policy.model
-        self.samples = list(samples) if samples is not None else self._load_samples()
-        self.ref = self._load_reference() if cfg.algo.beta > 0 else None
+        self.samples = list(samples) if samples is not None else training.load_train_samples(cfg)
+        self.ref = training.load_reference(cfg, self.policy) if cfg.algo.beta > 0 else None
         # FSDP2: every rank keeps 1/world of the weights, gradients and optimizer states
         # (rl/sharding.py); the optimizer is built on the shards below.
         self.sharded = sharding.sharding_mode(cfg.train.sharding) == "fsdp" and self.world > 1
@@ -118,6 +109,7 @@ class Trainer:
             sharding.shard(self.model, self.policy.device, self.world)
             if self.ref is not None:
                 sharding.shard(self.ref.model, self.policy.device, self.world)
+        self.comm = Collectives(self.world, self.policy.device)  # rl/distributed.py
 
         # The sampler: HF generate on self.model, or a vLLM engine synced after each update.
         self.rollout = make_backend(cfg, self.policy)
@@ -131,10 +123,7 @@ class Trainer:
         batch = cfg.train.prompts_per_step * cfg.rollout.group_size
         minibatch = cfg.algo.minibatch_size or batch
         self.updates_per_step = cfg.algo.ppo_epochs * (batch // minibatch)
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(
-            params, lr=cfg.algo.lr, weight_decay=cfg.algo.weight_decay
-        )
+        self.optimizer = training.make_optimizer(self.model, cfg.algo.lr, cfg.algo.weight_decay)
         self.scheduler = ckpt.make_scheduler(
             self.optimizer,
             cfg.algo.lr_schedule,
@@ -172,89 +161,16 @@ class Trainer:
 
     # ------------------------------------------------------------------ setup
     def _load_policy(self, resume_from: Path | None) -> Policy:
+        """``model.path`` (or the checkpoint's full weights) prepared as ``ivr.training`` does
+        for SFT too: freeze_vision, LoRA, gradient checkpointing."""
         m = self.cfg.model
-        if not m.path:
-            raise ValueError("model.path is empty: set it in the config or with model.path=DIR")
-        device = m.device
-        if device == "auto":
-            device = str(self.state.device) if torch.cuda.is_available() else "cpu"
-        kwargs = dict(
-            dtype=m.dtype,
-            device=device,
-            attn_implementation=m.attn_implementation,
-            min_pixels=m.min_pixels,
-            max_pixels=m.max_pixels,
-            load_in_4bit=m.load_in_4bit,
-        )
         lora = m.lora_rank > 0
-        policy = Policy.from_pretrained(
-            resume_from if resume_from and not lora else m.path, **kwargs
-        )
-        model = policy.model
-        if m.freeze_vision:
-            for name, p in model.named_parameters():
-                if "visual" in name:
-                    p.requires_grad_(False)
-        if lora:
-            from peft import PeftModel, get_peft_model
-
-            if resume_from is not None:
-                model = PeftModel.from_pretrained(model, resume_from, is_trainable=True)
-            else:
-                torch.manual_seed(self.cfg.train.seed)  # the adapters' random init: reproducible
-                model = get_peft_model(model, self._lora_config())
-            policy = Policy(model, policy.processor)
-        if m.gradient_checkpointing:
-            model.gradient_checkpointing_enable()
+        device = training.resolve_device(self.cfg, cuda=str(self.state.device))
+        path = resume_from if resume_from and not lora else m.path
+        policy = training.load_policy(self.cfg, path, device=device)
+        policy = training.prepare_model(self.cfg, policy, resume_from)
         policy.logprob_chunk_size = m.logprob_chunk_size
         return policy
-
-    def _lora_config(self) -> Any:
-        from peft import LoraConfig
-
-        m = self.cfg.model
-        return LoraConfig(
-            r=m.lora_rank,
-            lora_alpha=m.lora_alpha,
-            target_modules="all-linear",
-            exclude_modules=r".*visual.*" if m.freeze_vision else None,
-        )
-
-    def _load_reference(self) -> Policy | None:
-        """The frozen π_ref of the KL term: under LoRA the same weights with the adapter off."""
-        if self.cfg.model.lora_rank > 0:
-            return None
-        path = self.cfg.model.path or None
-        if path is None:  # a policy passed in by the caller: freeze a copy of its start weights
-            import copy
-
-            ref_model = copy.deepcopy(self.model)
-        else:
-            ref_model = Policy.from_pretrained(
-                path, dtype=self.cfg.model.dtype, device=str(self.policy.device)
-            ).model
-        ref_model.eval().requires_grad_(False)
-        return Policy(ref_model, self.policy.processor)
-
-    def _load_samples(self) -> list[Sample]:
-        d = self.cfg.data
-        if not d.train:
-            raise ValueError("data.train is empty: set it to a dataset dir, .jsonl or .parquet")
-        # Every image is decoded now (~0.3 ms for a small PNG): a truncated file is named here,
-        # or skipped and counted with data.on_error=skip, not found when its row is sampled.
-        samples = load_samples(
-            d.train, split=d.train_split, on_error=d.on_error, verify_images=True
-        )
-        bad = [s.id for s in samples if not str(s.answer).strip() and s.answer_type != "boxes"]
-        if bad:
-            msg = f"{d.train}: {len(bad)} rows have an empty answer (first: id {bad[0]!r})"
-            if d.on_error == "raise":
-                raise ValueError(msg + "; fix them or set data.on_error=skip")
-            warnings.warn(msg + "; skipped", stacklevel=2)
-            samples = [s for s in samples if s.id not in set(bad)]
-        if not samples:
-            raise ValueError(f"{d.train}: no usable training rows")
-        return samples
 
     # ------------------------------------------------------------------ the loop
     def train(self) -> dict[str, float]:
@@ -289,11 +205,9 @@ class Trainer:
         return last
 
     def step(self, step: int) -> dict[str, float]:
-        cfg, timer = self.cfg, _Timer()
-        seed = step_seed(cfg.train.seed, step, self.rank)
-        random.seed(seed)
-        np.random.seed(seed % (2**32))
-        torch.manual_seed(seed)
+        cfg, timer = self.cfg, Timer()
+        seed = training.step_seed(cfg.train.seed, step, self.rank)
+        training.seed_everything(seed)
         progress = (step - 1) / max(1, self.total_steps)
         t0 = time.perf_counter()
 
@@ -321,7 +235,7 @@ class Trainer:
                 )
         with timer("reward"):
             groups = self.score_groups(samples, gens, progress)
-        metrics = _reward_metrics(groups, prefix="reward")  # the task reward of the samples
+        metrics = reward_metrics(groups, prefix="reward")  # the task reward of the samples
         if cfg.ivr.enabled:  # screens on the task reward: self-reward is not added yet
             from .rectify import rectify_groups, resample_groups
 
@@ -361,9 +275,9 @@ class Trainer:
                 groups, sr = add_self_reward(self.policy, groups, self.scorer, cfg, self.prompts)
             metrics.update(sr)
         if cfg.ivr.enabled or cfg.reward.self_reward_weight > 0:  # what the advantages see
-            metrics.update(_reward_metrics(groups, prefix="reward_mixed"))
+            metrics.update(reward_metrics(groups, prefix="reward_mixed"))
         with timer("advantages"):
-            self._nan_rewards = _nan_components(groups)
+            self._nan_rewards = nan_components(groups)
             groups, advantages, dropped = self.advantages(groups)
             metrics["reward/nan_groups"] = float(dropped)
         with timer("update"):
@@ -375,7 +289,7 @@ class Trainer:
         metrics["lr"] = self.scheduler.get_last_lr()[0]
         metrics["progress"] = progress
         metrics = self._reduce(metrics)
-        self.tracker.write_rows("samples", step, _sample_rows(groups, cfg.log.samples_per_step))
+        self.tracker.write_rows("samples", step, sample_rows(groups, cfg.log.samples_per_step))
         return metrics
 
     def _check_skipped(self, step: int, metrics: dict[str, float]) -> None:
@@ -401,12 +315,7 @@ class Trainer:
         """Prompts of this step for this rank: a seeded shuffle per epoch, so position = step."""
         n, per = len(self.samples), self.cfg.train.prompts_per_step
         start = ((step - 1) * self.world + self.rank) * per
-        out = []
-        for pos in range(start, start + per):
-            epoch, i = divmod(pos, n)
-            order = np.random.default_rng(self.cfg.train.seed + epoch).permutation(n)
-            out.append(self.samples[int(order[i])])
-        return out
+        return [self.samples[i] for i in training.epoch_order(self.cfg.train.seed, n, start, per)]
 
     def score_groups(
         self, samples: list[Sample], gens: list[list[Generation]], progress: float
@@ -463,7 +372,7 @@ class Trainer:
         rows = [(prompts[r.sample_index], r) for g in groups for r in g.rollouts]
         n = len(rows)
         mb = a.minibatch_size or max(n, 1)
-        n_minibatches = int(self._global_max(math.ceil(n / mb)))
+        n_minibatches = int(self.comm.max(math.ceil(n / mb)))
         if n_minibatches == 0:
             return {"loss/skipped": 1.0}
         temp = cfg.rollout.temperature or 1.0
@@ -480,13 +389,13 @@ class Trainer:
                 # prompt once per micro-batch and pads to that micro-batch's longest completion.
                 # The minibatch gradient does not depend on how the minibatch is split.
                 idx.sort(key=lambda i: (rows[i][1].sample_index, -len(rows[i][1].token_ids)))
-                total_tokens, total_seqs = self._global_sum(
+                total_tokens, total_seqs = self.comm.sum(
                     sum(len(rows[i][1].token_ids) for i in idx), len(idx)
                 )
                 self.optimizer.zero_grad(set_to_none=True)
                 n_micro = math.ceil(len(idx) / a.micro_batch_size)
                 if self.sharded:  # every rank runs as many forwards/backwards (rl/sharding.py)
-                    n_micro = int(self._global_max(n_micro))
+                    n_micro = int(self.comm.max(n_micro))
                 for ms in range(0, n_micro * a.micro_batch_size, a.micro_batch_size):
                     micro = idx[ms : ms + a.micro_batch_size]
                     if not micro:
@@ -498,8 +407,10 @@ class Trainer:
                     for k, v in m.items():
                         sums[k] = sums.get(k, 0.0) + v
                     count += 1
-                self._allreduce_grads()
-                self._drop_unused_grads()
+                if self.sharded:  # FSDP reduce-scatters in the backward itself
+                    self.comm.drop_unused_grads(self.model)
+                else:
+                    self.comm.allreduce_grads(self.model)
                 params = [p for p in self.model.parameters() if p.requires_grad]
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, a.max_grad_norm)
                 if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP
@@ -509,7 +420,7 @@ class Trainer:
                 self.scheduler.step()
         self._lockstep_forwards(False)
         totals = torch.stack(list(sums.values())).tolist() if sums else []  # the one host sync
-        out = _loss_metrics(dict(zip(sums, totals)), count, self._global_sum)
+        out = loss_metrics(dict(zip(sums, totals)), count, self.comm.sum)
         out["loss/grad_norm"] = float(np.mean(grad_norms))
         if rows:  # a rank without rows leaves these to the others (``_reduce`` averages the rest)
             out["loss/off_policy_sequences"] = float(sum(r.off_policy for _, r in rows))
@@ -617,99 +528,9 @@ class Trainer:
         lp = torch.nn.functional.pad(out.logprobs, (0, T - out.logprobs.shape[1]))
         return list(lp.cpu())
 
-    # ------------------------------------------------------------------ distributed helpers
-    # Every rank must make the same collective calls in the same order, whatever its data: the
-    # helpers below never branch on local content (missing gradients and metric keys included).
-    def _global_sum(self, *xs: float) -> Any:
-        """Sum of each value over ranks, in one collective; a single value for a single x."""
-        if self.world > 1:
-            t = torch.tensor([float(x) for x in xs], dtype=torch.float64, device=self.policy.device)
-            torch.distributed.all_reduce(t)
-            xs = tuple(t.tolist())
-        return xs[0] if len(xs) == 1 else tuple(xs)
-
-    def _global_max(self, x: float) -> float:
-        if self.world == 1:
-            return x
-        t = torch.tensor([float(x)], dtype=torch.float64, device=self.policy.device)
-        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-        return float(t.item())
-
-    def _allreduce_grads(self, bucket_numel: int = 1 << 24) -> None:
-        """Sum gradients across ranks: each rank's loss is already weighted by its share of the
-        global minibatch, so the sum is the gradient of the global mean.
-
-        Gradients travel in flat buckets of ≤ ``bucket_numel`` elements per dtype (a few large
-        collectives rather than one per tensor). A parameter without a gradient on a rank counts
-        as zero there; one without a gradient on every rank keeps ``grad = None`` (the optimiser
-        then skips it, exactly as in a single process).
-        """
-        if self.world == 1 or self.sharded:  # FSDP reduce-scatters in the backward itself
-            return
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        has = torch.tensor(
-            [p.grad is not None for p in params], dtype=torch.float32, device=self.policy.device
-        )
-        torch.distributed.all_reduce(has)
-        params = [p for p, h in zip(params, has.tolist()) if h > 0]
-        for p in params:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-        by_dtype: dict[torch.dtype, list[Tensor]] = {}
-        for p in params:
-            by_dtype.setdefault(p.grad.dtype, []).append(p.grad)
-        for grads in by_dtype.values():
-            bucket: list[Tensor] = []
-            size = 0
-            for i, g in enumerate(grads):
-                bucket.append(g)
-                size += g.numel()
-                if i == len(grads) - 1 or size >= bucket_numel:
-                    flat = torch.cat([b.reshape(-1) for b in bucket])
-                    torch.distributed.all_reduce(flat)
-                    offset = 0
-                    for b in bucket:
-                        b.copy_(flat[offset : offset + b.numel()].view_as(b))
-                        offset += b.numel()
-                    bucket, size = [], 0
-
-    def _drop_unused_grads(self) -> None:
-        """Sharded: a parameter no rank used this minibatch (e.g. the vision tower when every
-        prompt is text-only) gets ``grad = None``, as it would without sharding — FSDP hands it
-        zeros instead, and AdamW would still move it by its running moments."""
-        if not self.sharded:
-            return
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        zero = torch.zeros((), dtype=torch.bool, device=self.policy.device)
-        used = torch.stack(  # built on the device: one transfer below, not one per parameter
-            [
-                zero
-                if p.grad is None
-                else (p.grad.to_local() if hasattr(p.grad, "to_local") else p.grad).any()
-                for p in params
-            ]
-        ).float()
-        torch.distributed.all_reduce(used)
-        for p, u in zip(params, used.tolist()):
-            if u == 0:
-                p.grad = None
-
     def _reduce(self, metrics: dict[str, float]) -> dict[str, float]:
-        """Mean of each metric over the ranks that report it with a finite value (NaN where
-        none does). Ranks may report different keys (e.g. one whose groups were all dropped)."""
-        if self.world == 1:
-            return metrics
-        keys_per_rank: list[Any] = [None] * self.world
-        torch.distributed.all_gather_object(keys_per_rank, sorted(metrics))
-        keys = sorted(set().union(*keys_per_rank))
-        values = [float(metrics.get(k, math.nan)) for k in keys]
-        t = torch.tensor(
-            [[v, 1.0] if math.isfinite(v) else [0.0, 0.0] for v in values],
-            dtype=torch.float64,
-            device=self.policy.device,
-        ).reshape(-1, 2)
-        torch.distributed.all_reduce(t)
-        return {k: s / c if c else math.nan for k, (s, c) in zip(keys, t.tolist())}
+        """Each metric's mean over the ranks that report it (rl/distributed.py)."""
+        return self.comm.mean_metrics(metrics)
 
     # ------------------------------------------------------------------ saving
     def save(self, step: int) -> None:
@@ -742,7 +563,7 @@ class Trainer:
                 from peft import get_peft_model
 
                 base = Policy.from_pretrained(self.cfg.model.path, dtype=self.cfg.model.dtype)
-                model = get_peft_model(base.model, self._lora_config())
+                model = get_peft_model(base.model, training.lora_config(self.cfg))
             ckpt.save_final_model(
                 model, self.policy.processor, final, merge_lora=lora, model_state=model_state
             )
@@ -752,39 +573,6 @@ class Trainer:
 
 
 # ---------------------------------------------------------------------- small helpers
-#: ``policy_loss`` metrics that are a ratio of two of its sums: name -> (numerator,
-#: denominator). ``_loss_metrics`` pools them; the sums themselves are not logged.
-_POOLED_RATIOS: dict[str, tuple[str, str]] = {
-    "off_policy_grad_share": ("off_policy_grad", "policy_grad"),
-}
-
-
-def _loss_metrics(
-    sums: dict[str, float], count: int, global_sum: Callable[..., Any]
-) -> dict[str, float]:
-    """The update's ``loss/*`` metrics from the sums of ``policy_loss``'s metrics over its
-    ``count`` micro-batches (this rank's).
-
-    Most are the mean over micro-batches of each micro-batch's value (``_reduce`` then averages
-    the ranks). A ratio in ``_POOLED_RATIOS`` is exact instead: Σ numerator / Σ denominator over
-    every micro-batch of the update on every rank (``global_sum``, one collective, which every
-    rank makes whatever its data), 0 when the denominator is 0. The mean of the micro-batches'
-    ratios would weigh a micro-batch that barely pushes like one that pushes hard.
-    """
-    sums = dict(sums)
-    pairs = []
-    for name, (num, den) in _POOLED_RATIOS.items():
-        sums.pop(name, None)
-        pairs += [sums.pop(num, 0.0), sums.pop(den, 0.0)]
-    out = {f"loss/{k}": v / max(count, 1) for k, v in sums.items()}
-    pooled = global_sum(*pairs)
-    pooled = list(pooled) if isinstance(pooled, (tuple, list)) else [pooled]
-    for i, name in enumerate(_POOLED_RATIOS):
-        num, den = pooled[2 * i], pooled[2 * i + 1]
-        out[f"loss/{name}"] = num / den if den > 0 else 0.0
-    return out
-
-
 def _pad(rows: Sequence[Sequence[float]], T: int) -> Tensor:
     out = torch.zeros(len(rows), T)
     for i, r in enumerate(rows):
@@ -794,67 +582,9 @@ def _pad(rows: Sequence[Sequence[float]], T: int) -> Tensor:
     return out
 
 
-def _cpu_only(cfg: Config) -> bool:
-    """True when this run trains on CPU. ``PartialState`` sets up a (gloo) process group for
-    ``torchrun``/``accelerate launch``-started CPU processes only when told so; otherwise every
-    rank would silently train alone as a world of one."""
-    if cfg.model.device == "auto":
-        return not torch.cuda.is_available()
-    return cfg.model.device == "cpu"
-
-
-def _nan_components(groups: list[Group]) -> list[str]:
-    """Names of the reward components that are NaN/inf somewhere in ``groups`` (a user reward's
-    component is its function's name); "reward" when the total alone is not finite."""
-    names = {
-        k
-        for g in groups
-        for r in g.rollouts
-        if not math.isfinite(r.reward)
-        for k, v in r.components.items()
-        if not math.isfinite(v)
-    }
-    bad = any(not math.isfinite(r.reward) for g in groups for r in g.rollouts)
-    return sorted(names) or (["reward"] if bad else [])
-
-
-def _reward_metrics(groups: list[Group], prefix: str) -> dict[str, float]:
-    rollouts = [r for g in groups for r in g.rollouts]
-    if not rollouts:
-        return {}
-    rewards = np.array([r.reward for r in rollouts], dtype=float)
-    out = {f"{prefix}/mean": float(np.nanmean(rewards)), f"{prefix}/std": float(np.nanstd(rewards))}
-    keys = sorted({k for r in rollouts for k in r.components})
-    for k in keys:
-        vals = [r.components[k] for r in rollouts if k in r.components]
-        out[f"{prefix}/{k}"] = float(np.mean(vals))
-    solved = [max(r.components.get("correct", 0.0) for r in g.rollouts) for g in groups]
-    out[f"{prefix}/group_solved"] = float(np.mean(solved))
-    return out
-
-
-def _sample_rows(groups: list[Group], n: int) -> list[dict[str, Any]]:
-    rows = []
-    for g in groups:
-        for r in g.rollouts:
-            if len(rows) >= n:
-                return rows
-            rows.append(
-                {
-                    "id": g.sample.id,
-                    "question": g.sample.question,
-                    "answer": g.sample.answer,
-                    "completion": r.text,
-                    "reward": r.reward,
-                    "off_policy": r.off_policy,
-                }
-            )
-    return rows
-
-
 def train(cfg: Config, **kwargs: Any) -> dict[str, float]:
     """Run a whole training job described by ``cfg`` (the ``ivr train`` entry point)."""
     return Trainer(cfg, **kwargs).train()
 
 
-__all__ = ["Trainer", "step_seed", "train"]
+__all__ = ["Trainer", "train"]

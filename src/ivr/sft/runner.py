@@ -8,7 +8,8 @@ from chat rows (``sft.jsonl`` of ``ivr synth``, or any Vision-SR1-style cold-sta
      "messages": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": …}]},
                   {"role": "assistant", "content": "<desc>…</desc> <think>…</think> \\boxed{2}"}]}
 
-What is really implemented, and why:
+What is really implemented, and why (masking, fields and padding live in ``sft/data.py``; the
+loss, the loop, eval and checkpoints here; the model set-up is the RL trainer's, ``ivr.training``):
 
 - **Masking.** Each row is rendered once with the processor's own chat template. The assistant
   spans are found by rendering the conversation up to each assistant turn twice — with
@@ -34,7 +35,7 @@ What is really implemented, and why:
   ``sft.batch_size`` rows per forward, ``sft.grad_accum`` forwards per optimiser step; the loss is
   the mean over all assistant tokens of the optimiser step (token-level, like the RL loss).
 - **Determinism and resumption.** The row order is a seeded permutation per epoch, so the rows
-  of step ``s`` depend on (seed, s) only; checkpoints (``rl/checkpoint.py``: weights, optimiser,
+  of step ``s`` depend on (seed, s) only; checkpoints (``ivr/checkpoint.py``: weights, optimiser,
   scheduler, RNG) every ``sft.save_every`` steps, and ``train.resume=true`` continues from the last
   one with the same losses as an uninterrupted run (tested on CPU).
 - **One process, one device** (no ``accelerate launch`` data parallelism yet).
@@ -53,308 +54,26 @@ from __future__ import annotations
 
 import inspect
 import math
-import random
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .config import Config, dump_config
-from .data.images import load_image
-from .data.prompts import PromptSet
-from .models.policy import Policy, count_image_placeholders
-from .rl import checkpoint as ckpt
-from .tracking import Tracker
-from .types import Sample
+from .. import checkpoint as ckpt
+from .. import training
+from ..config import Config, dump_config
+from ..data.prompts import PromptSet
+from ..models.policy import Policy
+from ..tracking import Tracker
+from ..types import Sample
+from .data import IGNORE, SFTData, collate, end_of_turn_ids, resolve_sft_file
 
-__all__ = [
-    "Example",
-    "SFTData",
-    "assistant_spans",
-    "collate",
-    "encode_example",
-    "evaluate",
-    "resolve_sft_file",
-    "run_sft",
-    "sft_loss",
-]
-
-IGNORE = -100
-#: Tokens that can end an assistant turn in common templates (besides the tokenizer's eos).
-_END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "</s>")
-
-
-# ---------------------------------------------------------------------------- data
-
-
-def resolve_sft_file(path: str | Path) -> Path:
-    """``sft.data`` as a path that exists: a chat JSONL/parquet file, or a dataset directory
-    (whose ``sft.jsonl`` the loader reads)."""
-    if not str(path):
-        raise ValueError("sft.data is empty: set it to a chat-rows JSONL or a dataset directory")
-    p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"sft.data: {p} does not exist")
-    if p.is_dir() and (p / "sft.jsonl").is_file():
-        return p / "sft.jsonl"
-    return p
-
-
-@dataclass
-class Example:
-    """One pre-tokenised chat row. Tensors are 1-D over its L tokens.
-
-    ``token_fields`` holds the processor's other per-token outputs (``mm_token_type_ids`` …);
-    the image features (``pixel_values``, ``image_grid_thw`` …) live in ``SFTData.features`` under
-    the key ``images`` (or are recomputed from ``text`` + the images when not cached).
-    """
-
-    id: str
-    text: str  # the rendered chat (one image placeholder per image)
-    input_ids: Tensor  # [L] long
-    labels: Tensor  # [L] long, IGNORE outside the assistant spans
-    token_fields: dict[str, Tensor] = field(default_factory=dict)  # name → [L]
-    images: tuple[str, ...] = ()
-    kind: str | None = None
-
-    @property
-    def n_labels(self) -> int:
-        return int((self.labels != IGNORE).sum())
-
-
-def _template(processor: Any, messages: Sequence[dict], generation_prompt: bool) -> str:
-    return processor.apply_chat_template(
-        list(messages), tokenize=False, add_generation_prompt=generation_prompt
-    )
-
-
-def assistant_spans(processor: Any, messages: Sequence[dict]) -> tuple[str, list[tuple[str, str]]]:
-    """The rendered chat and, per assistant turn, (text before the reply, text through the reply).
-
-    Raises ``ValueError`` when the template is not prefix-stable (rendering more turns rewrites
-    earlier ones, e.g. templates that strip old ``<think>`` blocks): such chats cannot be masked
-    by diffing, and silently training on the wrong tokens would be worse than stopping.
-    """
-    full = _template(processor, messages, False)
-    spans = []
-    for i, m in enumerate(messages):
-        if m.get("role") != "assistant":
-            continue
-        before = _template(processor, messages[:i], True)
-        upto = _template(processor, messages[: i + 1], False)
-        if not (full.startswith(upto) and upto.startswith(before)):
-            raise ValueError(
-                "the chat template is not prefix-stable (rendering turn "
-                f"{i} changes the text before it); assistant tokens cannot be located"
-            )
-        spans.append((before, upto))
-    return full, spans
-
-
-def _image_token_id(processor: Any) -> int | None:
-    tid = getattr(processor, "image_token_id", None)
-    if tid is None and getattr(processor, "image_token", None):
-        tid = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
-    return tid
-
-
-def _runs(ids: list[int], token: int | None) -> list[int]:
-    """Lengths of the maximal runs of ``token`` in ``ids`` (one per image for Qwen VL)."""
-    if token is None:
-        return []
-    out, n = [], 0
-    for t in ids:
-        if t == token:
-            n += 1
-        elif n:
-            out.append(n)
-            n = 0
-    if n:
-        out.append(n)
-    return out
-
-
-def _expand(ids: list[int], token: int | None, runs: list[int]) -> list[int]:
-    """Tokenizer ids with one placeholder per image → the processor's expanded ids."""
-    if token is None:
-        return ids
-    out, k = [], 0
-    for t in ids:
-        if t == token and k < len(runs):
-            out.extend([t] * runs[k])
-            k += 1
-        else:
-            out.append(t)
-    return out
-
-
-def _lcp(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n
-
-
-def end_of_turn_ids(processor: Any, extra: Sequence[int] = ()) -> set[int]:
-    tok = processor.tokenizer
-    vocab = tok.get_vocab()
-    ids = {vocab[t] for t in _END_OF_TURN if t in vocab} | set(extra)
-    if tok.eos_token_id is not None:
-        ids.add(tok.eos_token_id)
-    return ids
-
-
-def _split_fields(enc: Any) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-    """A one-row processor output → (other per-token fields [L], image features as returned)."""
-    L = enc["input_ids"].shape[1]
-    token_fields, features = {}, {}
-    for key, value in enc.items():
-        if key in ("input_ids", "attention_mask") or not isinstance(value, Tensor):
-            continue
-        if value.dim() == 2 and value.shape == (1, L):
-            token_fields[key] = value[0]
-        else:
-            features[key] = value
-    return token_fields, features
-
-
-def encode_example(
-    processor: Any,
-    messages: Sequence[dict],
-    images: Sequence[Any],
-    *,
-    end_ids: set[int] | None = None,
-    id: str = "",
-) -> tuple[Example, dict[str, Tensor]]:
-    """Render + tokenise one chat → (Example, image features of this row).
-
-    The labels are the token ids on the assistant spans (reply through end-of-turn) and IGNORE
-    elsewhere. Spans are found on token sequences: the processor's ids for the whole chat are
-    compared with the tokenizer's ids for each prefix, image placeholders expanded to the
-    processor's run lengths; the boundaries are exact when the prefix tokenises as a prefix
-    (always true at ChatML special tokens), else the longest common prefix is used.
-    """
-    n_placeholders = count_image_placeholders(messages)
-    if n_placeholders != len(images):
-        raise ValueError(
-            f"{n_placeholders} image placeholder(s) in the messages but {len(images)} image(s)"
-        )
-    text, spans = assistant_spans(processor, messages)
-    enc = processor(text=[text], images=list(images) or None, return_tensors="pt")
-    ids = enc["input_ids"][0].tolist()
-    L = len(ids)
-    img_tok = _image_token_id(processor)
-    runs = _runs(ids, img_tok)
-    end_ids = end_of_turn_ids(processor) if end_ids is None else end_ids
-    tok = processor.tokenizer
-    labels = torch.full((L,), IGNORE, dtype=torch.long)
-    for before, upto in spans:
-        a = _expand(tok(before)["input_ids"], img_tok, runs)
-        b = _expand(tok(upto)["input_ids"], img_tok, runs)
-        start = len(a) if ids[: len(a)] == a else _lcp(ids, a)
-        end = len(b) if ids[: len(b)] == b else _lcp(ids, b)
-        ends = [j for j in range(start, end) if ids[j] in end_ids]
-        if ends:  # through the end-of-turn token, not the newline after it
-            end = ends[-1] + 1
-        start = max(start, 1)  # position 0 has no prediction
-        if end > start:
-            labels[start:end] = torch.tensor(ids[start:end])
-    token_fields, features = _split_fields(enc)
-    ex = Example(
-        id=id,
-        text=text,
-        input_ids=enc["input_ids"][0].long(),
-        labels=labels,
-        token_fields=token_fields,
-    )
-    return ex, features
-
-
-class SFTData:
-    """Pre-tokenised rows + their image features (cached up to ``cache_mb``)."""
-
-    def __init__(
-        self,
-        processor: Any,
-        rows: Sequence[dict[str, Any]],
-        *,
-        source: str | Path = "",
-        end_ids: set[int] | None = None,
-        cache_mb: float = 4096,
-    ) -> None:
-        self.processor = processor
-        self.source = str(source)
-        self.examples: list[Example] = []
-        self.features: dict[tuple[str, ...], dict[str, Tensor]] = {}
-        budget, used = cache_mb * 2**20, 0
-        end_ids = end_of_turn_ids(processor) if end_ids is None else end_ids
-        for i, row in enumerate(rows):
-            paths = tuple(str(p) for p in row.get("images") or ())
-            where = f"{source or 'rows'}, row {i + 1} (id {row.get('id')!r})"
-            images = [load_image(p, source=where) for p in paths]
-            try:
-                ex, feats = encode_example(
-                    processor, row["messages"], images, end_ids=end_ids, id=str(row.get("id", i))
-                )
-            except ValueError as e:
-                raise ValueError(f"{where}: {e}") from e
-            ex.images, ex.kind = paths, row.get("kind")
-            self.examples.append(ex)
-            if paths and paths not in self.features:
-                size = sum(t.numel() * t.element_size() for t in feats.values())
-                if used + size <= budget:
-                    self.features[paths] = feats
-                    used += size
-        self.cached_mb = used / 2**20
-
-    def __len__(self) -> int:
-        return len(self.examples)
-
-    def row_features(self, ex: Example) -> dict[str, Tensor]:
-        if not ex.images:
-            return {}
-        feats = self.features.get(ex.images)
-        if feats is None:  # beyond the cache budget: same processor call as when encoding
-            images = [load_image(p) for p in ex.images]
-            enc = self.processor(text=[ex.text], images=images, return_tensors="pt")
-            feats = _split_fields(enc)[1]
-        return feats
-
-
-def collate(
-    examples: Sequence[Example], features: Sequence[dict[str, Tensor]], pad_id: int
-) -> dict[str, Tensor]:
-    """Left-padded batch with every processor field: ids, attention mask, labels, per-token fields
-    (padded with 0) and image features concatenated in row order."""
-    B, L = len(examples), max(len(ex.input_ids) for ex in examples)
-    batch = {
-        "input_ids": torch.full((B, L), pad_id, dtype=torch.long),
-        "attention_mask": torch.zeros(B, L, dtype=torch.long),
-        "labels": torch.full((B, L), IGNORE, dtype=torch.long),
-    }
-    token_keys = sorted({k for ex in examples for k in ex.token_fields})
-    for k in token_keys:
-        dtype = next(ex.token_fields[k].dtype for ex in examples if k in ex.token_fields)
-        batch[k] = torch.zeros(B, L, dtype=dtype)
-    for i, ex in enumerate(examples):
-        n = len(ex.input_ids)
-        batch["input_ids"][i, L - n :] = ex.input_ids
-        batch["attention_mask"][i, L - n :] = 1
-        batch["labels"][i, L - n :] = ex.labels
-        for k, v in ex.token_fields.items():
-            batch[k][i, L - n :] = v
-    keys = sorted({k for f in features for k in f})
-    for k in keys:
-        batch[k] = torch.cat([f[k] for f in features if k in f], dim=0)
-    return batch
+__all__ = ["SFTRunner", "evaluate", "length_groups", "run_sft", "sft_loss"]
 
 
 #: Fixed cost of one forward, in padded tokens: what ``length_groups`` trades padding against.
@@ -436,7 +155,7 @@ def evaluate(
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Greedy eval of samples in memory → (metrics, records): the project's one eval loop,
     :func:`ivr.eval.runner.evaluate_samples` (same keyword arguments), kept under this name."""
-    from .eval.runner import evaluate_samples
+    from ..eval.runner import evaluate_samples
 
     return evaluate_samples(policy, samples, **kwargs)
 
@@ -444,53 +163,8 @@ def evaluate(
 # ---------------------------------------------------------------------------- training
 
 
-def _load_policy(cfg: Config, path: str | Path) -> Policy:
-    m = cfg.model
-    device = m.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return Policy.from_pretrained(
-        path,
-        dtype=m.dtype,
-        device=device,
-        attn_implementation=m.attn_implementation,
-        min_pixels=m.min_pixels,
-        max_pixels=m.max_pixels,
-    )
-
-
-def _prepare_model(cfg: Config, policy: Policy, resume_from: Path | None) -> Policy:
-    """freeze_vision / LoRA / gradient checkpointing, as the RL trainer does."""
-    m, model = cfg.model, policy.model
-    if m.freeze_vision:
-        for name, p in model.named_parameters():
-            if "visual" in name:
-                p.requires_grad_(False)
-    if m.lora_rank > 0:
-        from peft import LoraConfig, PeftModel, get_peft_model
-
-        if resume_from is not None:
-            model = PeftModel.from_pretrained(model, resume_from, is_trainable=True)
-        else:
-            lcfg = LoraConfig(
-                r=m.lora_rank,
-                lora_alpha=m.lora_alpha,
-                target_modules="all-linear",
-                exclude_modules=r".*visual.*" if m.freeze_vision else None,
-            )
-            model = get_peft_model(model, lcfg)
-        policy = Policy(model, policy.processor)
-    if m.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-    return policy
-
-
-def _step_seed(seed: int, step: int) -> int:
-    return (seed * 1_000_003 + step * 9_973) % (2**31)
-
-
 def _load_rows(path: Path, on_error: str) -> list[dict[str, Any]]:
-    from .data.sft_rows import load_sft_rows
+    from ..data.sft_rows import load_sft_rows
 
     # Images are decoded now: a truncated file is named (or skipped and counted), not met mid-run.
     return [dict(r) for r in load_sft_rows(path, on_error=on_error, verify_images=True)]
@@ -532,8 +206,7 @@ class SFTRunner:
     ) -> None:
         self.cfg, s = cfg, cfg.sft
         self.callback = callback
-        if cfg.train.threads:
-            torch.set_num_threads(cfg.train.threads)
+        training.set_threads(cfg)
         torch.manual_seed(cfg.train.seed)
         self.out = Path(cfg.train.output_dir)
         self.ckpt_dir = self.out / "checkpoints"
@@ -546,14 +219,14 @@ class SFTRunner:
         # Eval data and the eval path too: a broken one must fail before any training.
         self.eval_samples = list(eval_samples) if eval_samples is not None else self._eval_rows()
         if self.eval_samples:
-            from .rewards import LocalizationConfig
-            from .rl.scoring import Scorer
+            from ..rewards import LocalizationConfig
+            from ..rl.scoring import Scorer
 
             self.scorer = Scorer(
                 format_weight=cfg.reward.format_weight,
                 localization=LocalizationConfig(switch_at=cfg.reward.loc_switch_at),
             )
-        from .eval.runner import synth_grid
+        from ..eval.runner import synth_grid
 
         self.grid = synth_grid(cfg.data.eval)
 
@@ -562,16 +235,16 @@ class SFTRunner:
         if clear:
             ckpt.clear_run(self.out)
         lora = cfg.model.lora_rank > 0
-        if policy is None:
-            if not cfg.model.path:
-                raise ValueError("model.path is empty: set it in the config or with model.path=DIR")
-            policy = _load_policy(cfg, resume_from if resume_from and not lora else cfg.model.path)
+        if policy is None:  # full precision: model.load_in_4bit (QLoRA) is an RL option
+            path = resume_from if resume_from and not lora else cfg.model.path
+            device = training.resolve_device(cfg)
+            policy = training.load_policy(cfg, path, device=device, load_in_4bit=False)
         elif resume_from is not None and not lora:
             policy = Policy.from_pretrained(
                 resume_from, processor=policy.processor, dtype=policy.model.dtype,
                 device=policy.device,
             )  # fmt: skip
-        self.policy = _prepare_model(cfg, policy, resume_from)
+        self.policy = training.prepare_model(cfg, policy, resume_from)  # as the RL trainer's
         self.model = self.policy.model
 
         t0 = time.perf_counter()
@@ -597,8 +270,7 @@ class SFTRunner:
         self.rows_per_step = s.batch_size * s.grad_accum
         per_epoch = len(self.data) / self.rows_per_step
         self.total_steps = s.steps or max(1, math.ceil(s.epochs * per_epoch))
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
+        self.optimizer = training.make_optimizer(self.model, s.lr, s.weight_decay)
         self.scheduler = ckpt.make_scheduler(
             self.optimizer, cfg.sft.lr_schedule, cfg.sft.warmup_steps, self.total_steps
         )
@@ -631,7 +303,7 @@ class SFTRunner:
         d = self.cfg.data
         if not d.eval:
             return []
-        from .data.dataset import load_samples
+        from ..data.dataset import load_samples
 
         limit = self.cfg.sft.eval_limit
         return load_samples(
@@ -645,14 +317,8 @@ class SFTRunner:
     # -------------------------------------------------------------- the loop
     def batch_indices(self, step: int) -> list[int]:
         """Rows of optimiser step ``step`` (1-based): a seeded permutation per epoch."""
-        n, per = len(self.data), self.rows_per_step
-        out, perms = [], {}
-        for pos in range((step - 1) * per, step * per):
-            epoch, i = divmod(pos, n)
-            if epoch not in perms:
-                perms[epoch] = np.random.default_rng(self.cfg.train.seed + epoch).permutation(n)
-            out.append(int(perms[epoch][i]))
-        return out
+        per = self.rows_per_step
+        return training.epoch_order(self.cfg.train.seed, len(self.data), (step - 1) * per, per)
 
     def train(self) -> dict[str, Any]:
         s = self.cfg.sft
@@ -694,10 +360,7 @@ class SFTRunner:
         return {**last, "step": float(self.total_steps), "final_dir": str(final_dir)}
 
     def step(self, step: int) -> dict[str, float]:
-        seed = _step_seed(self.cfg.train.seed, step)
-        random.seed(seed)
-        np.random.seed(seed % (2**32))
-        torch.manual_seed(seed)
+        training.seed_everything(training.step_seed(self.cfg.train.seed, step))
         s = self.cfg.sft
         idx = self.batch_indices(step)
         examples = [self.data.examples[i] for i in idx]
@@ -742,7 +405,7 @@ class SFTRunner:
         }
 
     def evaluate(self, step: int) -> dict[str, float]:
-        from .eval.runner import evaluate_samples
+        from ..eval.runner import evaluate_samples
 
         cfg = self.cfg
         t = time.perf_counter()

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import ConfigError
+from .config import ConfigError
 
 #: What a training run writes to ``train.output_dir`` (removed by ``clear_run``).
 RUN_FILES = (

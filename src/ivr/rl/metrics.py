@@ -1,0 +1,116 @@
+"""What one training step logs: phase timings, reward statistics, the update's ``loss/*``
+metrics, and a few sample rows.
+
+Pure functions of a step's groups and ``policy_loss`` sums, apart from ``loss_metrics``' one
+collective (passed in), so the trainer's loop keeps only the phases themselves.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+
+from ..types import Group
+
+__all__ = ["Timer", "loss_metrics", "nan_components", "reward_metrics", "sample_rows"]
+
+
+class Timer(dict):
+    """``with timer("rollout"): …`` adds the phase's wall time to ``timer["time/rollout"]``."""
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        yield
+        self[f"time/{name}"] = self.get(f"time/{name}", 0.0) + time.perf_counter() - t0
+
+
+#: ``policy_loss`` metrics that are a ratio of two of its sums: name -> (numerator,
+#: denominator). ``loss_metrics`` pools them; the sums themselves are not logged.
+_POOLED_RATIOS: dict[str, tuple[str, str]] = {
+    "off_policy_grad_share": ("off_policy_grad", "policy_grad"),
+}
+
+
+def loss_metrics(
+    sums: dict[str, float], count: int, global_sum: Callable[..., Any]
+) -> dict[str, float]:
+    """The update's ``loss/*`` metrics from the sums of ``policy_loss``'s metrics over its
+    ``count`` micro-batches (this rank's).
+
+    Most are the mean over micro-batches of each micro-batch's value (``Trainer._reduce`` then
+    averages the ranks). A ratio in ``_POOLED_RATIOS`` is exact instead: Σ numerator / Σ
+    denominator over every micro-batch of the update on every rank (``global_sum``, one
+    collective, which every rank makes whatever its data), 0 when the denominator is 0. The mean
+    of the micro-batches' ratios would weigh a micro-batch that barely pushes like one that
+    pushes hard.
+    """
+    sums = dict(sums)
+    pairs = []
+    for name, (num, den) in _POOLED_RATIOS.items():
+        sums.pop(name, None)
+        pairs += [sums.pop(num, 0.0), sums.pop(den, 0.0)]
+    out = {f"loss/{k}": v / max(count, 1) for k, v in sums.items()}
+    pooled = global_sum(*pairs)
+    pooled = list(pooled) if isinstance(pooled, (tuple, list)) else [pooled]
+    for i, name in enumerate(_POOLED_RATIOS):
+        num, den = pooled[2 * i], pooled[2 * i + 1]
+        out[f"loss/{name}"] = num / den if den > 0 else 0.0
+    return out
+
+
+def nan_components(groups: list[Group]) -> list[str]:
+    """Names of the reward components that are NaN/inf somewhere in ``groups`` (a user reward's
+    component is its function's name); "reward" when the total alone is not finite."""
+    names = {
+        k
+        for g in groups
+        for r in g.rollouts
+        if not math.isfinite(r.reward)
+        for k, v in r.components.items()
+        if not math.isfinite(v)
+    }
+    bad = any(not math.isfinite(r.reward) for g in groups for r in g.rollouts)
+    return sorted(names) or (["reward"] if bad else [])
+
+
+def reward_metrics(groups: list[Group], prefix: str) -> dict[str, float]:
+    """Mean/std of the reward, the mean of each component, and the share of groups with at
+    least one correct rollout, under ``<prefix>/``."""
+    rollouts = [r for g in groups for r in g.rollouts]
+    if not rollouts:
+        return {}
+    rewards = np.array([r.reward for r in rollouts], dtype=float)
+    out = {f"{prefix}/mean": float(np.nanmean(rewards)), f"{prefix}/std": float(np.nanstd(rewards))}
+    keys = sorted({k for r in rollouts for k in r.components})
+    for k in keys:
+        vals = [r.components[k] for r in rollouts if k in r.components]
+        out[f"{prefix}/{k}"] = float(np.mean(vals))
+    solved = [max(r.components.get("correct", 0.0) for r in g.rollouts) for g in groups]
+    out[f"{prefix}/group_solved"] = float(np.mean(solved))
+    return out
+
+
+def sample_rows(groups: list[Group], n: int) -> list[dict[str, Any]]:
+    """The first ``n`` rollouts as rows of the run's ``samples`` log."""
+    rows = []
+    for g in groups:
+        for r in g.rollouts:
+            if len(rows) >= n:
+                return rows
+            rows.append(
+                {
+                    "id": g.sample.id,
+                    "question": g.sample.question,
+                    "answer": g.sample.answer,
+                    "completion": r.text,
+                    "reward": r.reward,
+                    "off_policy": r.off_policy,
+                }
+            )
+    return rows
