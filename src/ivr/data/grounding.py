@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ivr.rewards.answer import extract_boxed, grade_answer
+from ivr.rewards import extract_boxed, grade_answer
 
 from .synth import (
     Filter,

@@ -7,7 +7,7 @@ For each benchmark, top to bottom:
     resume    ``<out>/<bench>/predictions.jsonl`` is read back; ids already there are not redone
     generate  batches of ``batch_size`` items, in file order, greedy by default (the paper's
               setting), with the same prompt the trainer uses (``question_prompt``)
-    grade     ``ivr.rl.scoring.Scorer``: the very graders training rewards with, so an eval number
+    grade     ``ivr.rewards.scorer.Scorer``: the very graders training rewards with, so an eval number
               and a training reward never disagree about what "correct" means
     write     one JSON line per item, flushed and fsync'ed after every batch: a run killed at any
               point loses at most the batch in flight
@@ -260,7 +260,7 @@ def predict(
     ``grid``). An item whose images do not decode goes to ``skipped`` (never graded), or raises
     :class:`ImageDecodeError` when ``skipped`` is None.
     """
-    from ivr.rl.scoring import Scorer
+    from ivr.rewards.scorer import Scorer
     from ivr.rl.trainer import question_prompt
 
     scorer = scorer or Scorer()

@@ -17,9 +17,9 @@ from dataclasses import replace
 from ..config import Config
 from ..data.prompts import PromptSet, user_prompt
 from ..models.policy import Policy
+from ..rewards.scorer import Scorer
 from ..types import Group
 from .rectify import own_description
-from .scoring import Scorer
 
 
 def add_self_reward(

@@ -51,6 +51,7 @@ from ..data.images import load_image
 from ..data.prompts import PromptSet, question_text, user_prompt
 from ..models.policy import Policy
 from ..rewards import LocalizationConfig
+from ..rewards.scorer import RewardError, RewardFn, Scorer
 from ..rollout import HFBackend, make_backend, recompute_enabled, recompute_logprobs
 from ..tracking import Tracker
 from ..types import Generation, Group, Prompt, Rollout, Sample
@@ -58,7 +59,6 @@ from . import checkpoint as ckpt
 from . import sharding
 from .advantages import group_advantages
 from .losses import policy_loss
-from .scoring import RewardError, RewardFn, Scorer
 
 
 def question_prompt(sample: Sample, images: Sequence[Any], prompts: PromptSet) -> Prompt:
