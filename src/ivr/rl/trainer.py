@@ -129,7 +129,7 @@ class Trainer:
         self.scorer = Scorer(
             format_weight=cfg.reward.format_weight,
             localization=LocalizationConfig(switch_at=cfg.reward.loc_switch_at),
-            extra=tuple(extra_rewards),
+            extra=(*cfg.reward.resolved_functions(), *extra_rewards),  # reward.functions
         )
         per_step = cfg.train.prompts_per_step * self.world
         self.total_steps = cfg.train.steps or max(1, math.ceil(len(self.samples) / per_step))
