@@ -22,7 +22,7 @@ from ivr.data.images import load_image
 from ivr.data.prompts import PromptSet, user_prompt
 from ivr.eval.protocol import row_prompts
 from ivr.models.policy import Policy
-from ivr.rewards.answer import extract_boxed, grade_answer
+from ivr.rewards import extract_boxed, grade_answer
 
 
 def right(text: str, row: dict) -> bool:

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ivr.rewards import accuracy_reward, format_reward, localization_reward
-from ivr.rewards.answer import _WORKER
+from ivr.rewards.grader_worker import shared_worker
 
 PREFIX = (
     "<desc>The image shows a right triangle ABC with the right angle at C; side AC is labelled "
@@ -157,7 +157,7 @@ def main() -> None:
     # Warm up imports, sympy caches and the grader worker on data not used below.
     warm_c, warm_cols = _batch(200, seed=0)
     accuracy_reward(warm_c, **warm_cols)
-    _WORKER.warm_up()
+    shared_worker().warm_up()
 
     comps, cols = _batch(args.n, seed=1)
     t0 = time.perf_counter()
@@ -205,7 +205,7 @@ def main() -> None:
         ("power tower 2^2^2^2^2^2^2", "2^{2^{2^{2^{2^{2^{2}}}}}}"),
         ("sympy hang \\gcd(10^{10^{10}}, 6), bound 1 s", "\\gcd(10^{10^{10}}, 6)"),
     ]:
-        _WORKER.warm_up()
+        shared_worker().warm_up()
         t0 = time.perf_counter()
         accuracy_reward(["\\boxed{" + pred + "}"], answer=["2"], answer_type=["expression"])
         print(f"one call, {label}: {time.perf_counter() - t0:.3f} s")

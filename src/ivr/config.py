@@ -6,13 +6,21 @@ needs a variant builds one with ``dataclasses.replace``. Defaults are the papers
 (IVR-R1 appendix A.1 unless noted); ``configs/*.yaml`` hold the recipes.
 
     cfg = load_config("configs/grpo_tiny.yaml", ["algo.beta=0.04", "ivr.enabled=true"])
+
+Two keys do more than hold a value: ``algo.name`` selects a preset (``ALGO_PRESETS``) whose values
+are the defaults of the loss keys the run does not set itself, and ``reward.functions`` names user
+reward callables by import path, imported and checked when the config is loaded.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import math
 import types
 import typing
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -67,18 +75,52 @@ class RolloutConfig:
 
 
 @dataclass(frozen=True)
+class RewardFunction:
+    """A user reward added to the score: ``fn`` names a TRL-style callable
+    ``fn(completions, **columns) -> list[float | None]`` as ``package.module:attribute``, and
+    ``weight`` multiplies it (exactly ``Trainer(extra_rewards=[(fn, weight)])``)."""
+
+    fn: str = ""  # "my_pkg.rewards:length_penalty"
+    weight: float = 1.0
+
+    def load(self) -> Callable[..., Any]:
+        """Import the callable ``fn`` names; ValueError saying what is wrong."""
+        module_name, sep, attr = self.fn.partition(":")
+        if not sep or not module_name.strip() or not attr.strip():
+            raise ValueError("must name a callable as package.module:attribute")
+        try:
+            obj: Any = importlib.import_module(module_name.strip())
+        except Exception as e:  # ImportError, or the module raised while importing
+            raise ValueError(
+                f"module {module_name.strip()!r} cannot be imported ({type(e).__name__}: {e})"
+            ) from None
+        for part in attr.strip().split("."):
+            if not hasattr(obj, part):
+                raise ValueError(f"{getattr(obj, '__name__', obj)!r} has no attribute {part!r}")
+            obj = getattr(obj, part)
+        if not callable(obj):
+            raise ValueError(f"{attr.strip()!r} is a {type(obj).__name__}, not callable")
+        return obj
+
+
+@dataclass(frozen=True)
 class RewardConfig:
     format_weight: float = 0.1  # λ in r = λ·r_format + (1−λ)·r_acc (IVR-R1 A.1)
-    localization: bool = True  # Vision-R1 criteria-driven reward for rows with boxes
     loc_switch_at: float = 0.5  # Vision-R1 staged progression STEP (1.0 = never switch)
     self_reward_weight: float = 0.0  # Vision-SR1 baseline: + w·acc(answer from <desc> alone)
+    # user rewards added with their weights: [{fn: "my_pkg.rewards:length_penalty", weight: 0.1}]
+    functions: tuple[RewardFunction, ...] = ()
+
+    def resolved_functions(self) -> tuple[tuple[Callable[..., Any], float], ...]:
+        """``functions`` as ``(callable, weight)`` pairs, the form of ``Trainer(extra_rewards=)``."""
+        return tuple((f.load(), f.weight) for f in self.functions)
 
 
 @dataclass(frozen=True)
 class AlgoConfig:
-    # a label recorded with the run (config.yaml, reports), checked against ALGO_NAMES; it selects
-    # nothing: the loss is set by clip_high, aggregation, scale_advantages and ivr.enabled
-    name: str = "grpo"  # grpo | dapo | dr_grpo | ivr | ivr_r1
+    # selects a preset of ALGO_PRESETS: its values are the defaults of the loss keys (beta, clips,
+    # aggregation, scale_advantages) the run does not set; IVR-R1 itself is ivr.enabled
+    name: str = "grpo"  # grpo | ivr | ivr_r1 | dapo | dr_grpo | deepseekmath
     lr: float = 1e-6
     weight_decay: float = 0.0
     warmup_steps: int = 0
@@ -176,12 +218,58 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Plain dicts and lists (YAML- and JSON-safe; ``config_from_dict`` reads it back)."""
+        return _plain(dataclasses.asdict(self))
 
 
-#: Known ``algo.name`` labels: the paper's methods and every preset of ``rl.losses.LOSS_PRESETS``
-#: (kept here so loading a config never imports torch; a unit test checks the presets are in).
-ALGO_NAMES = frozenset({"grpo", "dapo", "dr_grpo", "ivr", "ivr_r1"})
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+_GRPO = {
+    "beta": 0.0,
+    "clip_low": 0.2,
+    "clip_high": 0.2,
+    "aggregation": "token",
+    "scale_advantages": True,
+}
+#: ``algo.name`` -> defaults for the algo keys a run does not set itself (in its YAML or as an
+#: ``algo.key=value`` override); explicit keys always win. ``grpo`` (the default), ``ivr`` and
+#: ``ivr_r1`` are AlgoConfig's own defaults: IVR-R1 trains with GRPO's loss and switches on the
+#: re-reasoning loop with ``ivr.enabled``. ``rl.losses.LOSS_PRESETS`` is this table as
+#: ``policy_loss`` keyword arguments (kept here so loading a config never imports torch).
+ALGO_PRESETS: types.MappingProxyType[str, types.MappingProxyType[str, Any]] = (
+    types.MappingProxyType(
+        {
+            # IVR-R1 A.1 / DESIGN.md §1: clipped surrogate, loss over all tokens of the batch
+            "grpo": types.MappingProxyType(dict(_GRPO)),
+            "ivr": types.MappingProxyType(dict(_GRPO)),
+            "ivr_r1": types.MappingProxyType(dict(_GRPO)),
+            # DAPO (arXiv:2503.14476): clip-higher 0.28, token-level loss, no KL
+            "dapo": types.MappingProxyType({**_GRPO, "clip_high": 0.28}),
+            # Dr.GRPO (arXiv:2503.20783): no std division, constant normaliser
+            "dr_grpo": types.MappingProxyType(
+                {**_GRPO, "aggregation": "dr_grpo", "scale_advantages": False}
+            ),
+            # DeepSeekMath's GRPO (arXiv:2402.03300): per-sequence mean, KL β = 0.04
+            "deepseekmath": types.MappingProxyType(
+                {**_GRPO, "aggregation": "sequence", "beta": 0.04}
+            ),
+        }
+    )
+)
+#: Known ``algo.name`` values: the presets.
+ALGO_NAMES = frozenset(ALGO_PRESETS)
+
+#: Keys that once existed, with what to do instead: an old run's config.yaml still loads.
+_REMOVED = {
+    "reward.localization": "it was never read: the Vision-R1 reward always scores rows whose "
+    "answer_type is boxes (reward.loc_switch_at sets its staging); the key is ignored",
+}
 
 _CHOICES = {
     "algo.name": ALGO_NAMES,
@@ -214,6 +302,21 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
             except ConfigError:
                 continue
         raise ConfigError(f"{where}: `{key}` = {value!r} should be {tp}")
+    if origin is tuple and dataclasses.is_dataclass(typing.get_args(tp)[0]):
+        item_tp = typing.get_args(tp)[0]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: `{key}` = {value!r} should be a list")
+        items = []
+        for i, item in enumerate(value):
+            if isinstance(item, item_tp):
+                item = dataclasses.asdict(item)
+            if not isinstance(item, dict):
+                raise ConfigError(
+                    f"{where}: `{key}[{i}]` = {item!r} should be a mapping of "
+                    f"{item_tp.__name__} fields {[f.name for f in fields(item_tp)]}"
+                )
+            items.append(_build(item_tp, item, f"{key}[{i}].", where))
+        return tuple(items)
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if tp is float and isinstance(value, str):
@@ -235,6 +338,10 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
 def _build(cls: type, data: dict[str, Any], prefix: str, where: str) -> Any:
     hints = typing.get_type_hints(cls)
     known = {f.name for f in fields(cls)}
+    for name in sorted(set(data) - known):
+        if f"{prefix}{name}" in _REMOVED:
+            warnings.warn(f"{where}: `{prefix}{name}`: {_REMOVED[prefix + name]}", stacklevel=3)
+            data = {k: v for k, v in data.items() if k != name}
     unknown = sorted(set(data) - known)
     if unknown:
         key = f"{prefix}{unknown[0]}"
@@ -357,7 +464,29 @@ def validate(cfg: Config, where: str = "config") -> Config:
             f"{where}: `algo.minibatch_size` = {cfg.algo.minibatch_size} must divide the batch of "
             f"train.prompts_per_step × rollout.group_size = {batch} sequences"
         )
+    for i, fn in enumerate(cfg.reward.functions):
+        key = f"reward.functions[{i}]"
+        if not math.isfinite(fn.weight):
+            raise ConfigError(f"{where}: `{key}.weight` = {fn.weight!r} must be a finite number")
+        try:
+            fn.load()
+        except ValueError as e:
+            raise ConfigError(f"{where}: `{key}.fn` = {fn.fn!r}: {e}") from None
     return cfg
+
+
+def _with_algo_preset(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with the ``algo.name`` preset filling the algo keys it does not set.
+
+    An unknown name is left for ``validate`` to report (with the known names)."""
+    algo = data.get("algo", {})
+    if not isinstance(algo, dict):
+        return data  # _build reports it
+    name = algo.get("name", AlgoConfig.name)
+    preset = ALGO_PRESETS.get(name) if isinstance(name, str) else None
+    if preset is None:
+        return data
+    return {**data, "algo": {**preset, **algo}}
 
 
 def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
@@ -402,12 +531,12 @@ def load_config(
     if overrides:
         data = _merge(data, parse_overrides(overrides))
         where = f"{where} (with overrides)"
-    return validate(_build(Config, data, "", where), where)
+    return validate(_build(Config, _with_algo_preset(data), "", where), where)
 
 
 def config_from_dict(data: dict[str, Any], where: str = "config") -> Config:
     """The inverse of ``Config.to_dict``, validated (used to ship configs to worker processes)."""
-    return validate(_build(Config, data, "", where), where)
+    return validate(_build(Config, _with_algo_preset(data), "", where), where)
 
 
 def dump_config(cfg: Config, path: str | Path) -> None:

@@ -221,8 +221,8 @@ def _rereason_job(
     from .data.prompts import PromptSet
     from .eval.protocol import row_prompts
     from .models.policy import Policy
+    from .rewards.scorer import Scorer
     from .rl.rectify import rereason_eval
-    from .rl.scoring import Scorer
 
     data = Path(data_dir)
     ev = json.loads(Path(eval_json).read_text())

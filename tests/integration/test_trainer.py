@@ -13,7 +13,7 @@ from tiny_runs import cfg_for
 
 from ivr.data.prompts import PromptSet, question_prompt
 from ivr.models.policy import Policy
-from ivr.rl.scoring import Score
+from ivr.rewards.scorer import Score
 from ivr.rl.trainer import Trainer
 from ivr.types import Sample
 

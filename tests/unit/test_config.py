@@ -136,3 +136,113 @@ def test_resume_is_false_true_or_auto_and_overwrite_excludes_it() -> None:
     for resume in ("true", "auto"):
         with pytest.raises(ConfigError, match="`train.overwrite` = True cannot be combined"):
             load_config(None, ["train.overwrite=true", f"train.resume={resume}"])
+
+
+# ---------------------------------------------------------------- algo.name presets
+
+#: AlgoConfig of the default config as the code before presets resolved it (captured from it).
+OLD_DEFAULT_ALGO = {
+    "name": "grpo",
+    "lr": 1e-06,
+    "weight_decay": 0.0,
+    "warmup_steps": 0,
+    "lr_schedule": "constant",
+    "max_grad_norm": 1.0,
+    "beta": 0.0,
+    "clip_low": 0.2,
+    "clip_high": 0.2,
+    "scale_advantages": True,
+    "aggregation": "token",
+    "ppo_epochs": 1,
+    "minibatch_size": 0,
+    "micro_batch_size": 8,
+}
+#: What each shipped recipe resolved to before presets (captured), as changes to the default.
+OLD_SHIPPED_ALGO = {
+    None: {},
+    "grpo_qwen2_5_vl_7b.yaml": {"micro_batch_size": 4},
+    "grpo_qwen3_vl_4b.yaml": {"micro_batch_size": 4},
+    "grpo_tiny.yaml": {"lr": 2e-05, "micro_batch_size": 32},
+    "ivr_qwen2_5_vl_7b.yaml": {"name": "ivr", "micro_batch_size": 4},
+    "ivr_qwen3_vl_4b.yaml": {"name": "ivr", "micro_batch_size": 4},
+    "ivr_tiny.yaml": {"name": "ivr", "lr": 2e-05, "micro_batch_size": 32},
+    "sft_tiny.yaml": {},
+}
+
+
+def test_default_and_shipped_configs_resolve_to_the_same_algo_as_before_presets() -> None:
+    import dataclasses
+    from pathlib import Path
+
+    configs = Path(__file__).resolve().parents[2] / "configs"
+    assert set(OLD_SHIPPED_ALGO) - {None} == {p.name for p in configs.glob("*.yaml")}
+    for name, changes in OLD_SHIPPED_ALGO.items():
+        cfg = load_config(None if name is None else configs / name)
+        assert dataclasses.asdict(cfg.algo) == {**OLD_DEFAULT_ALGO, **changes}, name
+    for name in ("grpo", "ivr", "ivr_r1"):  # the names the demo and the recipes write
+        algo = dataclasses.asdict(load_config(None, [f"algo.name={name}"]).algo)
+        assert algo == {**OLD_DEFAULT_ALGO, "name": name}
+
+
+def test_the_default_preset_is_the_dataclass_defaults() -> None:
+    import dataclasses
+
+    from ivr.config import ALGO_PRESETS, AlgoConfig
+
+    defaults = dataclasses.asdict(AlgoConfig())
+    assert AlgoConfig().name == "grpo"
+    assert {k: defaults[k] for k in ALGO_PRESETS["grpo"]} == dict(ALGO_PRESETS["grpo"])
+    for preset in ALGO_PRESETS.values():  # presets only hold algo keys
+        assert set(preset) <= set(defaults) - {"name"}
+
+
+def test_algo_name_dapo_sets_the_defaults_of_unset_keys_only(tmp_path) -> None:
+    algo = load_config(None, ["algo.name=dapo"]).algo
+    assert (algo.clip_low, algo.clip_high, algo.aggregation, algo.beta) == (0.2, 0.28, "token", 0.0)
+    assert algo.scale_advantages and algo.lr == 1e-6  # keys no preset holds keep their defaults
+    # an override wins, before or after the name
+    assert load_config(None, ["algo.beta=0.01", "algo.name=dapo"]).algo.beta == 0.01
+    assert load_config(None, ["algo.name=dapo", "algo.clip_high=0.3"]).algo.clip_high == 0.3
+    # a key the YAML states wins too, even when it equals the old default
+    path = tmp_path / "run.yaml"
+    path.write_text("algo:\n  name: dapo\n  clip_high: 0.2\n")
+    assert load_config(path).algo.clip_high == 0.2
+    assert load_config(path, ["algo.name=grpo"]).algo.clip_high == 0.2
+    # a YAML with another name, switched by an override: the override's preset applies
+    path.write_text("algo:\n  name: grpo\n")
+    assert load_config(path, ["algo.name=dapo"]).algo.clip_high == 0.28
+
+
+def test_other_presets_and_their_loss_kwargs() -> None:
+    from ivr.rl.losses import LOSS_PRESETS
+
+    dr = load_config(None, ["algo.name=dr_grpo"]).algo
+    assert (dr.aggregation, dr.scale_advantages, dr.beta) == ("dr_grpo", False, 0.0)
+    ds = load_config(None, ["algo.name=deepseekmath"]).algo
+    assert (ds.aggregation, ds.beta, ds.clip_high) == ("sequence", 0.04, 0.2)
+    # the loss module's presets are the same table, as policy_loss keyword arguments
+    assert dict(LOSS_PRESETS["dapo"]) == {
+        "clip_low": 0.2,
+        "clip_high": 0.28,
+        "aggregation": "token",
+        "kl_beta": 0.0,
+    }
+    assert LOSS_PRESETS["ivr_r1"]["shaping_gamma"] == 0.1
+
+
+def test_a_resolved_config_round_trips_without_the_preset_changing_it(tmp_path) -> None:
+    from ivr.config import config_from_dict
+
+    cfg = load_config(None, ["algo.name=dapo", "algo.clip_high=0.2"])
+    assert config_from_dict(cfg.to_dict()) == cfg
+    dump_config(cfg, tmp_path / "c.yaml")
+    assert load_config(tmp_path / "c.yaml") == cfg
+
+
+def test_removed_reward_localization_key_warns_and_is_ignored(tmp_path) -> None:
+    # old runs' config.yaml files hold it: they must still load
+    path = tmp_path / "old.yaml"
+    path.write_text("reward:\n  localization: true\n  format_weight: 0.2\n")
+    with pytest.warns(UserWarning, match=r"reward\.localization.*never read"):
+        cfg = load_config(path)
+    assert cfg.reward.format_weight == 0.2 and not hasattr(cfg.reward, "localization")

@@ -9,6 +9,7 @@ from PIL import Image
 
 from ivr.config import _CHOICES, IVRConfig
 from ivr.data.prompts import PromptSet, user_prompt
+from ivr.rewards.scorer import Score, Scorer
 from ivr.rl.rectify import (
     ACCEPT,
     description_agrees,
@@ -17,7 +18,6 @@ from ivr.rl.rectify import (
     resample_groups,
     screen,
 )
-from ivr.rl.scoring import Score, Scorer
 from ivr.types import Generation, Group, Rollout, Sample
 
 PROMPTS = PromptSet()

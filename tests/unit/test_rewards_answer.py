@@ -19,7 +19,10 @@ from ivr.rewards import (
     infer_answer_type,
     parse_number,
 )
-from ivr.rewards.answer import _WORKER, _cheap_enough
+from ivr.rewards.expression import _cheap_enough
+from ivr.rewards.grader_worker import shared_worker
+
+_WORKER = shared_worker()
 
 
 def boxed(s: str) -> str:

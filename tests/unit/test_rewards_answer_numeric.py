@@ -14,7 +14,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ivr.rewards import accuracy_reward, grade_float, grade_integer
-from ivr.rewards.answer import _WORKER, _grade_math
+from ivr.rewards.expression import _grade_math
+from ivr.rewards.grader_worker import shared_worker
+
+_WORKER = shared_worker()
 
 
 def boxed(s: str) -> str:

@@ -21,7 +21,10 @@ from __future__ import annotations
 import pytest
 
 from ivr.rewards import accuracy_reward, grade_answer, grade_expression
-from ivr.rewards.answer import _WORKER, _normalize_math
+from ivr.rewards.grader_worker import shared_worker
+from ivr.rewards.normalize import _normalize_math
+
+_WORKER = shared_worker()
 
 
 def boxed(s: str) -> str:

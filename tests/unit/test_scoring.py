@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from ivr.rl.scoring import Scorer
+from ivr.rewards.scorer import Scorer
 from ivr.types import Sample
 
 SAMPLES = [Sample(id=str(i), question="q", answer="2", answer_type="integer") for i in range(3)]

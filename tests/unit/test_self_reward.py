@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ivr.config import load_config
 from ivr.data.prompts import PromptSet
-from ivr.rl.scoring import Scorer
+from ivr.rewards.scorer import Scorer
 from ivr.rl.self_reward import add_self_reward
 from ivr.types import Generation, Group, Rollout, Sample
 

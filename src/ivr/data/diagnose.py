@@ -195,7 +195,7 @@ def diagnose(response: str, row: dict[str, Any], grid: int = 4) -> Diagnosis | N
     >>> diagnose(good.replace("\\\\boxed{", "\\\\boxed{1"), row).kind
     'answer'
     """
-    from ..rewards.answer import extract_boxed, grade_answer
+    from ..rewards import extract_boxed, grade_answer
 
     q, truth = row["query"], _objs(row["scene"])
     boxed = extract_boxed(response or "")

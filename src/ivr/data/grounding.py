@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ivr.rewards.answer import extract_boxed, grade_answer
+from ivr.rewards import extract_boxed, grade_answer
 
 from .prompts import extract_description
 from .render import Obj, _objs, description_fidelity, parse_description

@@ -70,7 +70,7 @@ def evaluate_heldout(
     from ..data.dataset import load_samples
     from ..data.grounding import attribute_fidelity, self_consistency
     from ..models.policy import Policy
-    from ..rl.scoring import Scorer
+    from ..rewards.scorer import Scorer
 
     out_json = Path(out_json)
     if out_json.is_file():

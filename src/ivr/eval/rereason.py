@@ -15,8 +15,8 @@ from typing import Any
 
 from ..config import IVRConfig
 from ..data.prompts import PromptSet
+from ..rewards.scorer import Scorer
 from ..rl.rectify import rereason_eval
-from ..rl.scoring import Scorer
 from .loaders import Benchmark
 from .runner import PREDICTIONS, read_predictions
 

@@ -6,8 +6,8 @@ For each benchmark, top to bottom:
               reported in ``skipped.jsonl``, never graded
     resume    ``<out>/<bench>/predictions.jsonl`` is read back; ids already there are not redone
     generate  batches of ``batch_size`` items, in file order, greedy by default (the paper's
-              setting), with the same prompt the trainer uses (``PromptSet.answer``)
-    grade     ``ivr.rl.scoring.Scorer``: the very graders training rewards with, so an eval number
+              setting), with the same prompt the trainer uses (``question_prompt``)
+    grade     ``ivr.rewards.scorer.Scorer``: the very graders training rewards with, so an eval number
               and a training reward never disagree about what "correct" means
     write     one JSON line per item, flushed and fsync'ed after every batch: a run killed at any
               point loses at most the batch in flight
@@ -262,7 +262,7 @@ def predict(
     ``f1``, ``attr_f1``; positions on a ``grid``). An item whose images do not decode goes to ``skipped`` (never graded), or raises
     :class:`ImageDecodeError` when ``skipped`` is None.
     """
-    from ivr.rl.scoring import Scorer
+    from ivr.rewards.scorer import Scorer
 
     scorer = scorer or Scorer()
     prompts = prompts or PromptSet()

@@ -20,7 +20,18 @@ from ivr.rewards.format import DEFAULT_TAGS, make_format_reward
 #: λ of the paper's appendix A.1: weight of the format term.
 DEFAULT_LAMBDA: float = 0.1
 
+#: The reward contract: ``fn(completions, **columns) -> list[float | None]`` (TRL's).
 RewardFn = Callable[..., list[float | None]]
+
+
+def weighted_reward(lam: float, fmt: float, acc: float) -> float:
+    """r = λ·r_format + (1−λ)·r_acc: the one place the IVR-R1 weighting is written (used by
+    ``CombinedReward`` and by ``scorer.Scorer``).
+
+    >>> weighted_reward(0.1, 1.0, 0.0), weighted_reward(0.1, 1.0, 1.0)
+    (0.1, 1.0)
+    """
+    return lam * fmt + (1.0 - lam) * acc
 
 
 class CombinedReward:
@@ -58,7 +69,7 @@ class CombinedReward:
         fmt = self.format_fn(completions, **columns)
         acc = self.accuracy_fn(completions, **columns)
         total: list[float | None] = [
-            None if a is None or f is None else self.lam * f + (1.0 - self.lam) * a
+            None if a is None or f is None else weighted_reward(self.lam, f, a)
             for f, a in zip(fmt, acc)
         ]
         return {"format": fmt, "accuracy": acc, "reward": total}

@@ -23,7 +23,7 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ivr.rewards.answer import boxed_span, completion_text
+from ivr.rewards.extract import boxed_span, completion_text
 
 #: The IVR-R1 template's blocks, in order.
 DEFAULT_TAGS: tuple[str, ...] = ("desc", "think")

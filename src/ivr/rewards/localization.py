@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from ivr.rewards.answer import column, completion_text
+from ivr.rewards.extract import column, completion_text
 
 Box = tuple[float, float, float, float]
 Thresholds = tuple[float, float, float]

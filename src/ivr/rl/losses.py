@@ -47,13 +47,14 @@ Where each knob comes from:
   tokens of the batch"), "dr_grpo" (Dr.GRPO, Liu et al. 2025, arXiv:2503.20783: a constant
   normaliser removes the length bias).
 
-Presets (a "loss type" is just parameters; see ``LOSS_PRESETS``; ``scale`` is the argument of
-``group_advantages``):
+Presets (a "loss type" is just parameters; see ``LOSS_PRESETS``, which is ``config.ALGO_PRESETS``
+— what ``algo.name`` selects — as keyword arguments; ``scale`` is ``group_advantages``'s):
 
-    grpo     clip 0.2/0.2, aggregation="sequence", kl_beta=0.04, scale=True
-    dapo     clip 0.2/0.28, aggregation="token",   kl_beta=0.0,  scale=True
-    dr_grpo  clip 0.2/0.2, aggregation="dr_grpo",  kl_beta=0.0,  scale=False (pass max_len)
-    ivr_r1   clip 0.2/0.2, aggregation="token",    shaping_gamma=0.1, off_policy=<rectified rows>
+    grpo       clip 0.2/0.2,  aggregation="token",    kl_beta=0.0,  scale=True  (IVR-R1 A.1)
+    ivr(_r1)   the same, plus shaping_gamma=0.1, off_policy=<rectified rows>
+    dapo       clip 0.2/0.28, aggregation="token",    kl_beta=0.0,  scale=True
+    dr_grpo    clip 0.2/0.2,  aggregation="dr_grpo",  kl_beta=0.0,  scale=False (pass max_len)
+    deepseekmath clip 0.2/0.2, aggregation="sequence", kl_beta=0.04, scale=True
 """
 
 from __future__ import annotations
@@ -63,6 +64,8 @@ from typing import Any, Literal
 
 import torch
 from torch import Tensor
+
+from ..config import ALGO_PRESETS, IVRConfig
 
 __all__ = [
     "LOSS_PRESETS",
@@ -89,18 +92,16 @@ _MAX_LOG_RATIO = 20.0
 
 LOSS_PRESETS: MappingProxyType[str, MappingProxyType[str, Any]] = MappingProxyType(
     {
-        "grpo": MappingProxyType(
-            {"clip_low": 0.2, "clip_high": 0.2, "aggregation": "sequence", "kl_beta": 0.04}
-        ),
-        "dapo": MappingProxyType(
-            {"clip_low": 0.2, "clip_high": 0.28, "aggregation": "token", "kl_beta": 0.0}
-        ),
-        "dr_grpo": MappingProxyType(
-            {"clip_low": 0.2, "clip_high": 0.2, "aggregation": "dr_grpo", "kl_beta": 0.0}
-        ),
-        "ivr_r1": MappingProxyType(
-            {"clip_low": 0.2, "clip_high": 0.2, "aggregation": "token", "shaping_gamma": 0.1}
-        ),
+        name: MappingProxyType(
+            {
+                "clip_low": p["clip_low"],
+                "clip_high": p["clip_high"],
+                "aggregation": p["aggregation"],
+                "kl_beta": p["beta"],
+                **({"shaping_gamma": IVRConfig.gamma} if name.startswith("ivr") else {}),
+            }
+        )
+        for name, p in ALGO_PRESETS.items()
     }
 )
 """``policy_loss`` keyword arguments of the published recipes: ``policy_loss(..., **LOSS_PRESETS["dapo"])``."""

@@ -35,8 +35,8 @@ from typing import Any
 
 from ..config import IVRConfig
 from ..data.prompts import PromptSet, extract_tag, user_prompt
+from ..rewards.scorer import Score, Scorer
 from ..types import Generation, Group, Prompt, Rollout, Sample
-from .scoring import Score, Scorer
 
 GenerateFn = Callable[..., list[list[Generation]]]  # Policy.generate
 AcceptFn = Callable[[Sample, str, Score, float], bool]  # (sample, response, score, τ) → accept?

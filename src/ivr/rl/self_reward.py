@@ -17,8 +17,8 @@ from dataclasses import replace
 from ..config import Config
 from ..data.prompts import PromptSet, extract_tag, user_prompt
 from ..models.policy import Policy
+from ..rewards.scorer import Scorer
 from ..types import Group
-from .scoring import Scorer
 
 
 def add_self_reward(

@@ -54,6 +54,7 @@ from ..data.images import load_image
 from ..data.prompts import PromptSet, question_prompt
 from ..models.policy import Policy
 from ..rewards import LocalizationConfig
+from ..rewards.scorer import RewardError, RewardFn, Scorer
 from ..rollout import make_backend, recompute_enabled, recompute_logprobs
 from ..tracking import Tracker
 from ..types import Generation, Group, Prompt, Rollout, Sample
@@ -62,7 +63,6 @@ from .advantages import group_advantages
 from .distributed import Collectives, cpu_only
 from .losses import policy_loss
 from .metrics import Timer, loss_metrics, nan_components, reward_metrics, sample_rows
-from .scoring import RewardError, RewardFn, Scorer
 
 
 class Trainer:
@@ -116,7 +116,7 @@ class Trainer:
         self.scorer = Scorer(
             format_weight=cfg.reward.format_weight,
             localization=LocalizationConfig(switch_at=cfg.reward.loc_switch_at),
-            extra=tuple(extra_rewards),
+            extra=(*cfg.reward.resolved_functions(), *extra_rewards),  # reward.functions
         )
         per_step = cfg.train.prompts_per_step * self.world
         self.total_steps = cfg.train.steps or max(1, math.ceil(len(self.samples) / per_step))

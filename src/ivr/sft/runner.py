@@ -41,7 +41,7 @@ loss, the loop, eval and checkpoints here; the model set-up is the RL trainer's,
 - **One process, one device** (no ``accelerate launch`` data parallelism yet).
 - **Eval** on ``data.eval`` (split ``data.eval_split``, the first ``sft.eval_limit`` rows) through
   the project's one eval loop (``ivr.eval.runner.evaluate_samples``): greedy answers to the same
-  prompt the RL trainer uses, graded by ``rl.scoring.Scorer``; accuracy, format rate and, for rows
+  prompt the RL trainer uses, graded by ``rewards.scorer.Scorer``; accuracy, format rate and, for rows
   that carry the true ``scene`` (the synthetic world), how exactly the model's ``<desc>`` block
   describes it (``render.description_fidelity``).
 
@@ -220,7 +220,7 @@ class SFTRunner:
         self.eval_samples = list(eval_samples) if eval_samples is not None else self._eval_rows()
         if self.eval_samples:
             from ..rewards import LocalizationConfig
-            from ..rl.scoring import Scorer
+            from ..rewards.scorer import Scorer
 
             self.scorer = Scorer(
                 format_weight=cfg.reward.format_weight,

@@ -88,7 +88,7 @@ class EvalItem:
 
     @property
     def is_localization(self) -> bool:
-        return self.answer_type == "boxes"  # the trainer's rule (ivr.rl.scoring)
+        return self.answer_type == "boxes"  # the trainer's rule (ivr.rewards.scorer)
 
     def load_images(self) -> list[Image.Image]:
         """Decode every image fully, as RGB; raise :class:`ImageDecodeError` naming the row."""

@@ -1,6 +1,10 @@
-"""One reward for a (sample, completion) pair, shared by the trainer, the IVR loop and eval.
+"""One reward for a (sample, completion) pair, shared by the trainer, the IVR loop, SFT and eval.
 
-Text tasks (IVR-R1 A.1): r = λ·r_format + (1−λ)·r_acc, in [0, 1].
+It lives with the rewards (not in ``rl/``) because everything that grades uses it: evaluation and
+SFT must not import the trainer's package to score an answer.
+
+Text tasks (IVR-R1 A.1): r = λ·r_format + (1−λ)·r_acc, in [0, 1] (``composite.weighted_reward``,
+the formula ``CombinedReward`` uses too).
 Localization tasks (rows with ``answer_type == "boxes"``; Vision-R1 §3.2–3.3): r = dual format +
 recall + precision, in [0, 3], with the staged thresholds driven by training progress.
 User rewards (TRL-style callables) are added with their weights; ``None`` from one of them means
@@ -16,16 +20,16 @@ defined for reasoning traces, not box lists) and their ``correct`` is None.
 
 from __future__ import annotations
 
-import math
 import numbers
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..rewards import LocalizationConfig, accuracy_reward, format_reward, score_localization
-from ..types import Sample
-
-RewardFn = Callable[..., list[float | None]]
+from ivr.rewards.answer import accuracy_reward
+from ivr.rewards.composite import RewardFn, weighted_reward
+from ivr.rewards.format import format_reward
+from ivr.rewards.localization import LocalizationConfig, score_localization
+from ivr.types import Sample
 
 
 class RewardError(ValueError):
@@ -96,8 +100,7 @@ class Scorer:
         )[0]
         acc = 0.0 if acc is None else float(acc)
         fmt = float(format_reward([completion])[0] or 0.0)
-        lam = self.format_weight
-        reward = lam * fmt + (1.0 - lam) * acc
+        reward = weighted_reward(self.format_weight, fmt, acc)
         return Score(reward, {"accuracy": acc, "format": fmt}, acc >= 1.0)
 
 
@@ -128,7 +131,3 @@ def _columns(samples: Sequence[Sample]) -> dict[str, list[Any]]:
     rows = [s.columns() for s in samples]
     keys = sorted({k for r in rows for k in r})
     return {k: [r.get(k) for r in rows] for k in keys}
-
-
-def is_finite(score: Score) -> bool:
-    return math.isfinite(score.reward)
