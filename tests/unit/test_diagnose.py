@@ -17,11 +17,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ivr.coldstart import stage2_rows, summarise_mined
 from ivr.data.demos import trace
 from ivr.data.diagnose import diagnose, own_failure_demos
 from ivr.data.synth import generate_dataset
 from ivr.data.world import make_row
+from ivr.demo.coldstart import stage2_rows, summarise_mined
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
 """The demo report: table cells and verdict sentences worked out by hand from a fake results.json
-(demo.summarise's schema), the inspector, and a real headless-browser render."""
+(ivr.demo.results.summarise's schema), the inspector, and a real headless-browser render."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from ivr.report import comparisons_table, markdown_table, rereason_table, verdict, write_report
+from ivr.demo.report import write_report
+from ivr.demo.tables import comparisons_table, markdown_table, rereason_table, verdict
 
 
 def cell(mean: float, lo: float, hi: float, per_seed: list[float]) -> dict:

@@ -1,7 +1,7 @@
 """The two-stage cold start of the science demo (issue 16, items 1–2).
 
     stage 1   answers only: ``<desc>…</desc> <think>…</think> \\boxed{}`` demonstrations of the
-              world (sft.py), long enough for the vision tower to read digits
+              world (ivr.sft), long enough for the vision tower to read digits
     mine      the stage-1 model answers training prompts at T = 1; its OWN wrong answers are
               diagnosed exactly against the known scene (data/diagnose.py)
     stage 2   continue SFT on answers + critique / rectify demonstrations of those own failures
@@ -22,9 +22,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .data.diagnose import diagnose, own_failure_demos
-from .data.prompts import PromptSet
-from .eval.protocol import read_jsonl
+from ..data.diagnose import diagnose, own_failure_demos
+from ..data.prompts import PromptSet
+from ..eval.protocol import read_jsonl
 
 __all__ = [
     "desc_only_demos",
@@ -55,7 +55,7 @@ _CRITIQUE_WORDS = [
 def tokenizer_corpus(data_dir: str | Path, prompts: PromptSet | None = None) -> list[str]:
     """The text a tiny model's tokenizer is trained on: the world's demonstrations, the critique,
     rectify and description-only prompts around 300 of them, and the diagnoses' words."""
-    from .data.sft_rows import load_sft_rows, sft_texts
+    from ..data.sft_rows import load_sft_rows, sft_texts
 
     ps = prompts or PromptSet()
     rows = load_sft_rows(Path(data_dir) / "sft.jsonl")
@@ -89,8 +89,8 @@ def mine_own_answers(
     ``split`` (from row ``offset``): ``[{"row": raw row, "responses": [str, …]}]``."""
     from tqdm.auto import tqdm
 
-    from .eval.protocol import row_prompts
-    from .models.policy import Policy
+    from ..eval.protocol import row_prompts
+    from ..models.policy import Policy
 
     data_dir = Path(data_dir)
     rows = read_jsonl(data_dir / f"{split}.jsonl")[offset : offset + n_prompts]
@@ -141,7 +141,7 @@ def desc_only_demos(
 ) -> list[dict[str, Any]]:
     """Text-only rows: the TRUE scene description + question → the reasoning and the answer.
     What a Vision-SR1 policy is asked during its self-reward (rl/self_reward.py)."""
-    from .data.demos import trace
+    from ..data.demos import trace
 
     ps = prompts or PromptSet()
     out = []
