@@ -13,7 +13,7 @@ import numpy as np
 
 from .profiles import METHODS, Plan, run_names
 
-__all__ = ["summarise"]
+__all__ = ["seed_pairs", "summarise"]
 
 
 def _train_stats(run_dir: Path) -> dict[str, Any]:
@@ -53,6 +53,25 @@ def _per_item(res: dict[str, Any], metric: str) -> np.ndarray | None:
     mode, key = metric.split("/")
     vals = res.get(mode, {}).get(key)
     return np.asarray(vals, dtype=float) if vals else None
+
+
+def seed_pairs(ra: list[str], rb: list[str]) -> list[tuple[str, str]]:
+    """The runs a paired comparison may pair: seed s of one method with seed s of the other
+    (same cold start, same data order), or the one SFT model with every seed of the other
+    method. A method run on fewer seeds (an ablation) is compared on those seeds only: pairing
+    its one run with each of three GRPO seeds would count one run three times.
+
+    >>> seed_pairs(["ivr_desc_s0"], ["grpo_s0", "grpo_s1", "grpo_s2"])
+    [('ivr_desc_s0', 'grpo_s0')]
+    >>> seed_pairs(["ivr_s0", "ivr_s1"], ["sft"])
+    [('ivr_s0', 'sft'), ('ivr_s1', 'sft')]
+    """
+    if ra == ["sft"]:
+        return [("sft", r) for r in rb]
+    if rb == ["sft"]:
+        return [(r, "sft") for r in ra]
+    by_seed = {r.rsplit("_s", 1)[1]: r for r in rb}
+    return [(r, by_seed[s]) for r in ra if (s := r.rsplit("_s", 1)[1]) in by_seed]
 
 
 def summarise(
@@ -98,18 +117,15 @@ def summarise(
         ra, rb = groups[a], groups[b]
         for set_name, by_model in evals.items():
             for metric in ("greedy/correct", "sampled/correct", "greedy/attr"):
-                pa = [_per_item(by_model[r], metric) for r in ra]
-                pb = [_per_item(by_model[r], metric) for r in rb]
-                if any(x is None for x in pa + pb):
+                pairs = [
+                    (_per_item(by_model[x], metric), _per_item(by_model[y], metric))
+                    for x, y in seed_pairs(ra, rb)
+                ]
+                if not pairs or any(x is None or y is None for x, y in pairs):
                     continue
-                if len(pb) == 1:  # SFT: one model, paired with every seed of the other method
-                    pb = pb * len(pa)
-                if len(pa) == 1:
-                    pa = pa * len(pb)
-                pairs = list(zip(pa, pb))
                 # one pair (one seed): exact McNemar / paired t; several: pooled over seeds
                 res = pooled_paired(pairs) if len(pairs) > 1 else paired_test(*pairs[0])
-                if len(ra) > 1 and len(rb) > 1:  # seed s vs seed s: how much a re-run moves Δ
+                if len(pairs) > 1 and "sft" not in (a, b):  # how much a re-run moves Δ
                     res["over_seeds"] = seed_summary(res["per_seed_diff"])
                 out[f"{set_name}/{metric}"] = res
         return out
