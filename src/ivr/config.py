@@ -134,6 +134,12 @@ class AlgoConfig:
     ppo_epochs: int = 1  # μ: optimisation passes per batch
     minibatch_size: int = 0  # sequences per optimiser step; 0 = the whole batch
     micro_batch_size: int = 8  # sequences per forward (gradient accumulation)
+    # DAPO (arXiv:2503.14476; rl/filters.py): drop groups whose rewards are all equal (after
+    # rectification and self-reward) and draw the next prompts until the batch is full
+    dynamic_sampling: bool = False
+    max_sampling_rounds: int = 3  # collections per step at most, the first included
+    overlong: str = "none"  # none | filter (truncated rows out of the loss) | soft (DAPO penalty)
+    overlong_buffer: int = 0  # L_cache of the soft penalty; 0 = rollout.max_new_tokens // 5
 
 
 @dataclass(frozen=True)
@@ -280,6 +286,7 @@ _CHOICES = {
     "algo.lr_schedule": {"constant", "cosine"},
     "sft.lr_schedule": {"constant", "cosine"},
     "algo.aggregation": {"token", "sequence", "dr_grpo"},
+    "algo.overlong": {"none", "filter", "soft"},
     "ivr.context": {"image", "description"},
     "ivr.description_source": {"own", "dataset"},
     "ivr.accept": {"correct_format", "reward", "grounded", "correct"},  # = rl.rectify.ACCEPT
@@ -424,6 +431,18 @@ def validate(cfg: Config, where: str = "config") -> Config:
         ("algo.clip_high", cfg.algo.clip_high >= 0, "must be ≥ 0"),
         ("algo.ppo_epochs", cfg.algo.ppo_epochs >= 1, "must be ≥ 1"),
         ("algo.micro_batch_size", cfg.algo.micro_batch_size >= 1, "must be ≥ 1"),
+        (
+            "algo.max_sampling_rounds",
+            cfg.algo.max_sampling_rounds >= 1,
+            "must be ≥ 1 (collections per step under algo.dynamic_sampling, the first included)",
+        ),
+        (
+            "algo.overlong_buffer",
+            0 <= cfg.algo.overlong_buffer <= cfg.rollout.max_new_tokens,
+            f"must be in [0, rollout.max_new_tokens = {cfg.rollout.max_new_tokens}] (L_cache of "
+            "DAPO's soft overlong penalty: lengths above max_new_tokens − L_cache are penalised; "
+            "0 = max_new_tokens // 5)",
+        ),
         (
             "ivr.tau",
             0 < cfg.ivr.tau <= 1,

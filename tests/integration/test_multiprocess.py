@@ -157,6 +157,19 @@ def test_two_cpu_processes_stay_in_sync(tmp_path, tiny_qwen25_dir) -> None:
     )
 
 
+def test_dynamic_sampling_runs_the_same_rounds_on_every_rank(tmp_path, tiny_qwen25_dir) -> None:
+    """DAPO dynamic sampling (rl/filters.py): at NAN_STEP rank 1's only group has a NaN reward
+    (not informative), so it needs one more prompt; rank 0 is full, yet both run round 2
+    (the round's size is the max deficit over ranks) and the collectives line up."""
+    pytest.importorskip("accelerate")
+    rows = _write_images(tmp_path / "images")
+    r0, r1 = _launch(tmp_path, tiny_qwen25_dir, rows, mode="ddp+dyn")
+    assert r0["hash_after"] == r1["hash_after"] != r0["hash_before"]
+    step = NAN_STEP - 1
+    assert r0["local"][step]["dynamic/rounds"] == r1["local"][step]["dynamic/rounds"] >= 2
+    assert r0["local"][step]["dynamic/prompts_drawn"] == r1["local"][step]["dynamic/prompts_drawn"]
+
+
 # ---------------------------------------------------------------------- the worker
 def _weights_hash_of(state: dict) -> str:
     import hashlib
@@ -296,6 +309,7 @@ def _worker(model_dir: str, out_dir: str, mode: str = "ddp") -> None:
         )
         + (IVR_OVERRIDES if "+ivr" in mode else [])
         + (["algo.beta=0.04"] if "+kl" in mode else [])
+        + (["algo.dynamic_sampling=true"] if "+dyn" in mode else [])
         + (["model.lora_rank=4", "model.lora_alpha=8"] if "+lora" in mode else []),
     )
     calls = {"n": 0}

@@ -156,6 +156,11 @@ OLD_DEFAULT_ALGO = {
     "ppo_epochs": 1,
     "minibatch_size": 0,
     "micro_batch_size": 8,
+    # added later, off by default (DAPO's data-side switches, rl/filters.py): same behaviour
+    "dynamic_sampling": False,
+    "max_sampling_rounds": 3,
+    "overlong": "none",
+    "overlong_buffer": 0,
 }
 #: What each shipped recipe resolved to before presets (captured), as changes to the default.
 OLD_SHIPPED_ALGO = {

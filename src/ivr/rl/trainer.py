@@ -11,10 +11,11 @@ One step, top to bottom (each phase timed and logged as ``time/<phase>``):
                     original prompt; accepted ones replace them off-policy (rl/rectify.py)
     5. self-reward  (Vision-SR1 baseline, optional) + w·acc(answer from the <desc> alone), after
                     screening, so it can never hide a wrong answer from the loop
-    6. advantages   over each (mixed) group; groups whose reward is NaN are dropped and counted
-    7. update       μ passes × minibatches × micro-batches; clipped surrogate on sampled tokens,
+    6. filter       (DAPO, optional: rl/filters.py) drop equal-reward groups, rerun 1–5 to refill
+    7. advantages   over each (mixed) group; NaN groups dropped and counted; truncated rows masked
+    8. update       μ passes × minibatches × micro-batches; clipped surrogate on sampled tokens,
                     policy shaping on rectified ones, k3 KL to the frozen reference if β > 0
-    8. log / save   metrics (JSONL, TensorBoard, wandb), samples and traces, atomic checkpoint
+    9. log / save   metrics (JSONL, TensorBoard, wandb), samples and traces, atomic checkpoint
 
 What is really implemented, and why:
 - ``old_logprobs`` are the sampling log-probabilities returned by ``generate`` (π_θold is the
@@ -58,7 +59,7 @@ from ..rewards.scorer import RewardError, RewardFn, Scorer
 from ..rollout import make_backend, recompute_enabled, recompute_logprobs
 from ..tracking import Tracker
 from ..types import Generation, Group, Prompt, Rollout, Sample
-from . import sharding
+from . import filters, sharding
 from .advantages import group_advantages
 from .distributed import Collectives, cpu_only
 from .losses import policy_loss
@@ -110,6 +111,7 @@ class Trainer:
             if self.ref is not None:
                 sharding.shard(self.ref.model, self.policy.device, self.world)
         self.comm = Collectives(self.world, self.policy.device)  # rl/distributed.py
+        self.batches = filters.Batches(cfg, self.samples, self.comm, self.rank, self.policy)
 
         # The sampler: HF generate on self.model, or a vLLM engine synced after each update.
         self.rollout = make_backend(cfg, self.policy)
@@ -142,7 +144,7 @@ class Trainer:
                 ),
                 config=cfg.to_dict(),  # a changed algo.lr / weight_decay applies (and is said)
             )
-            self.start_step = int(meta["step"])
+            self.start_step = self.batches.restore(meta)  # the step and the data position
         self.tracker = Tracker.for_run(
             self.out,
             cfg.log,
@@ -206,13 +208,31 @@ class Trainer:
 
     def step(self, step: int) -> dict[str, float]:
         cfg, timer = self.cfg, Timer()
-        seed = training.step_seed(cfg.train.seed, step, self.rank)
-        training.seed_everything(seed)
+        training.seed_everything(training.step_seed(cfg.train.seed, step, self.rank))
         progress = (step - 1) / max(1, self.total_steps)
         t0 = time.perf_counter()
 
+        groups, prompts, metrics = self.batches.collect(self._collect, step, timer)  # 1–6
+        with timer("advantages"):
+            self._nan_rewards = nan_components(groups)
+            groups, advantages, dropped = self.batches.advantages(self.advantages, groups)
+            metrics["reward/nan_groups"] = float(dropped)
+        with timer("update"):
+            metrics.update(self.update(groups, prompts, advantages))
+        with timer("weight_sync"):  # the sampler sees the new weights (no-op for HF generate)
+            self.rollout.sync_weights(self.model)
+        metrics.update(timer)
+        metrics["time/step"] = time.perf_counter() - t0
+        metrics["lr"] = self.scheduler.get_last_lr()[0]
+        metrics["progress"] = progress
+        metrics = self._reduce(metrics)
+        self.tracker.write_rows("samples", step, sample_rows(groups, cfg.log.samples_per_step))
+        return metrics
+
+    def _collect(self, step: int, samples: list[Sample], timer: Timer) -> filters.Batch:  # 1–5
+        cfg, seed = self.cfg, training.step_seed(self.cfg.train.seed, step, self.rank)
+        progress = (step - 1) / max(1, self.total_steps)
         with timer("prompts"):
-            samples = self.batch_samples(step)
             images = [tuple(load_image(p) for p in s.images) for s in samples]
             prompts = [question_prompt(s, im, self.prompts) for s, im in zip(samples, images)]
         with timer("rollout"), self._gathered(sampling=True):
@@ -276,21 +296,7 @@ class Trainer:
             metrics.update(sr)
         if cfg.ivr.enabled or cfg.reward.self_reward_weight > 0:  # what the advantages see
             metrics.update(reward_metrics(groups, prefix="reward_mixed"))
-        with timer("advantages"):
-            self._nan_rewards = nan_components(groups)
-            groups, advantages, dropped = self.advantages(groups)
-            metrics["reward/nan_groups"] = float(dropped)
-        with timer("update"):
-            metrics.update(self.update(groups, prompts, advantages))
-        with timer("weight_sync"):  # the sampler sees the new weights (no-op for HF generate)
-            self.rollout.sync_weights(self.model)
-        metrics.update(timer)
-        metrics["time/step"] = time.perf_counter() - t0
-        metrics["lr"] = self.scheduler.get_last_lr()[0]
-        metrics["progress"] = progress
-        metrics = self._reduce(metrics)
-        self.tracker.write_rows("samples", step, sample_rows(groups, cfg.log.samples_per_step))
-        return metrics
+        return groups, prompts, metrics
 
     def _check_skipped(self, step: int, metrics: dict[str, float]) -> None:
         """Fail after ``train.max_skipped_steps`` consecutive steps whose update was skipped
@@ -312,10 +318,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ phases
     def batch_samples(self, step: int) -> list[Sample]:
-        """Prompts of this step for this rank: a seeded shuffle per epoch, so position = step."""
-        n, per = len(self.samples), self.cfg.train.prompts_per_step
-        start = ((step - 1) * self.world + self.rank) * per
-        return [self.samples[i] for i in training.epoch_order(self.cfg.train.seed, n, start, per)]
+        """Prompts of this step for this rank: a seeded per-epoch shuffle (rl/filters.py)."""
+        return self.batches.draw(step)
 
     def score_groups(
         self, samples: list[Sample], gens: list[list[Generation]], progress: float
@@ -545,7 +549,8 @@ class Trainer:
                 processor=self.policy.processor,
                 optimizer=self.optimizer,
                 scheduler=self.scheduler,
-                state={"total_steps": self.total_steps, "config": self.cfg.to_dict()},
+                state={"total_steps": self.total_steps, "config": self.cfg.to_dict()}
+                | self.batches.state(step),
                 model_state=model_state,
                 optimizer_state=optim_state,
             )
