@@ -165,7 +165,7 @@ def _comparison_rows(results: dict[str, Any]) -> tuple[list[str], list[list[str]
     for key, cmp in (results.get("comparisons") or {}).items():
         a, b = key.split(" vs ")
         cmp = cmp or {}
-        seeds = {c.get("n_seeds") for c in cmp.values() if c}
+        seeds = {c.get("n_seeds", 1) for c in cmp.values() if c}  # one pair: McNemar / t
         rows.append(
             [
                 f"{_label(results, a)} vs {_label(results, b)}",
