@@ -69,6 +69,12 @@ class RolloutConfig:
     # old_logprobs from a no-grad HF forward instead of the sampler's: auto = on for vllm, off for
     # hf (whose sampling logprobs are the training forward's, tested to 1e-4)
     recompute_logprobs: bool | str = "auto"  # auto | true | false
+    # rollout-training mismatch correction on the sampler/π_old ratio (rl/importance.py): auto =
+    # tis for a sampler whose logprobs are not the training forward's (vllm), none for hf;
+    # tis/mis with hf recomputes π_old (one no-grad forward) so there is something to correct
+    is_correction: str = "auto"  # auto | none | tis | mis
+    is_cap: float = 2.0  # C: TIS truncates the ratio at C, MIS drops tokens above it
+    is_level: str = "token"  # token | sequence (the product of the row's token ratios)
     vllm_gpu_memory_utilization: float = 0.3  # vLLM's share of the GPU (its weights + KV cache)
     vllm_max_model_len: int | None = None  # prompt + completion tokens; None = the model's
     vllm_sleep_mode: bool = False  # offload vLLM's weights and drop its KV cache between calls
@@ -120,7 +126,7 @@ class RewardConfig:
 class AlgoConfig:
     # selects a preset of ALGO_PRESETS: its values are the defaults of the loss keys (beta, clips,
     # aggregation, scale_advantages) the run does not set; IVR-R1 itself is ivr.enabled
-    name: str = "grpo"  # grpo | ivr | ivr_r1 | dapo | dr_grpo | deepseekmath
+    name: str = "grpo"  # grpo | ivr | ivr_r1 | dapo | dr_grpo | deepseekmath | gspo | cispo | sapo
     lr: float = 1e-6
     weight_decay: float = 0.0
     warmup_steps: int = 0
@@ -131,6 +137,11 @@ class AlgoConfig:
     clip_high: float = 0.2  # DAPO clip-higher: 0.28
     scale_advantages: bool = True  # False = Dr.GRPO (no std division)
     aggregation: str = "token"  # token | sequence | dr_grpo
+    loss: str = "grpo"  # on-policy surrogate: grpo | gspo | cispo | sapo (rl/losses.py)
+    sapo_tau_pos: float = 1.0  # SAPO gate temperature where Â > 0
+    sapo_tau_neg: float = 1.05  # ... and where Â <= 0
+    # ρ: policy gradient on the top-ρ share of tokens by entropy (Wang et al. 2025); 1.0 = off
+    top_entropy_quantile: float = 1.0
     ppo_epochs: int = 1  # μ: optimisation passes per batch
     minibatch_size: int = 0  # sequences per optimiser step; 0 = the whole batch
     micro_batch_size: int = 8  # sequences per forward (gradient accumulation)
@@ -259,6 +270,30 @@ ALGO_PRESETS: types.MappingProxyType[str, types.MappingProxyType[str, Any]] = (
             "deepseekmath": types.MappingProxyType(
                 {**_GRPO, "aggregation": "sequence", "beta": 0.04}
             ),
+            # GSPO (arXiv:2507.18071): one clipped ratio per sequence, its own tiny ε
+            "gspo": types.MappingProxyType(
+                {
+                    **_GRPO,
+                    "loss": "gspo",
+                    "clip_low": 3e-4,
+                    "clip_high": 4e-4,
+                    "aggregation": "sequence",
+                }
+            ),
+            # CISPO (MiniMax-M1, arXiv:2506.13585): clipped, detached IS weight, no lower bound
+            "cispo": types.MappingProxyType(
+                {**_GRPO, "loss": "cispo", "clip_low": 1.0, "clip_high": 4.0}
+            ),
+            # SAPO (arXiv:2511.20347): a soft gate instead of the clip (clips unused), 1/|y_i|
+            "sapo": types.MappingProxyType(
+                {
+                    **_GRPO,
+                    "loss": "sapo",
+                    "aggregation": "sequence",
+                    "sapo_tau_pos": 1.0,
+                    "sapo_tau_neg": 1.05,
+                }
+            ),
         }
     )
 )
@@ -280,6 +315,9 @@ _CHOICES = {
     "algo.lr_schedule": {"constant", "cosine"},
     "sft.lr_schedule": {"constant", "cosine"},
     "algo.aggregation": {"token", "sequence", "dr_grpo"},
+    "algo.loss": {"grpo", "gspo", "cispo", "sapo"},  # = rl.losses._VARIANTS
+    "rollout.is_correction": {"auto", "none", "tis", "mis"},
+    "rollout.is_level": {"token", "sequence"},
     "ivr.context": {"image", "description"},
     "ivr.description_source": {"own", "dataset"},
     "ivr.accept": {"correct_format", "reward", "grounded", "correct"},  # = rl.rectify.ACCEPT
@@ -420,7 +458,26 @@ def validate(cfg: Config, where: str = "config") -> Config:
             "must be > 0 (gradients are clipped to this norm; 0 would zero every update)",
         ),
         ("algo.beta", cfg.algo.beta >= 0, "must be ≥ 0"),
-        ("algo.clip_low", 0 <= cfg.algo.clip_low < 1, "must be in [0, 1)"),
+        (
+            "algo.clip_low",
+            0 <= cfg.algo.clip_low < 1 or (cfg.algo.loss == "cispo" and cfg.algo.clip_low >= 1),
+            "must be in [0, 1) (only algo.loss=cispo takes clip_low ≥ 1: no lower bound)",
+        ),
+        ("algo.sapo_tau_pos", cfg.algo.sapo_tau_pos > 0, "must be > 0"),
+        ("algo.sapo_tau_neg", cfg.algo.sapo_tau_neg > 0, "must be > 0"),
+        (
+            "algo.top_entropy_quantile",
+            0 < cfg.algo.top_entropy_quantile <= 1,
+            "must be in (0, 1]: the share of tokens trained, by entropy (1 = all, off)",
+        ),
+        ("rollout.is_cap", cfg.rollout.is_cap >= 1, "must be ≥ 1 (C caps π_old/μ; 1 = no boost)"),
+        (
+            "rollout.is_correction",
+            cfg.rollout.is_correction in ("auto", "none")
+            or cfg.rollout.recompute_logprobs is not False,
+            "needs π_old from a training forward, which rollout.recompute_logprobs=false turns "
+            "off (the ratio would be 1 everywhere): drop one of the two",
+        ),
         ("algo.clip_high", cfg.algo.clip_high >= 0, "must be ≥ 0"),
         ("algo.ppo_epochs", cfg.algo.ppo_epochs >= 1, "must be ≥ 1"),
         ("algo.micro_batch_size", cfg.algo.micro_batch_size >= 1, "must be ≥ 1"),
