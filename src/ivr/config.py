@@ -27,6 +27,8 @@ from typing import Any
 
 import yaml
 
+from .presets import ALGO_NAMES, ALGO_PRESETS
+
 
 class ConfigError(ValueError):
     """A configuration problem, with the offending key and where it came from."""
@@ -69,6 +71,12 @@ class RolloutConfig:
     # old_logprobs from a no-grad HF forward instead of the sampler's: auto = on for vllm, off for
     # hf (whose sampling logprobs are the training forward's, tested to 1e-4)
     recompute_logprobs: bool | str = "auto"  # auto | true | false
+    # rollout-training mismatch correction on the sampler/π_old ratio (rl/importance.py): auto =
+    # tis for a sampler whose logprobs are not the training forward's (vllm), none for hf;
+    # tis/mis with hf recomputes π_old (one no-grad forward) so there is something to correct
+    is_correction: str = "auto"  # auto | none | tis | mis
+    is_cap: float = 2.0  # C: TIS truncates the ratio at C, MIS drops tokens above it
+    is_level: str = "token"  # token | sequence (the product of the row's token ratios)
     vllm_gpu_memory_utilization: float = 0.3  # vLLM's share of the GPU (its weights + KV cache)
     vllm_max_model_len: int | None = None  # prompt + completion tokens; None = the model's
     vllm_sleep_mode: bool = False  # offload vLLM's weights and drop its KV cache between calls
@@ -120,7 +128,7 @@ class RewardConfig:
 class AlgoConfig:
     # selects a preset of ALGO_PRESETS: its values are the defaults of the loss keys (beta, clips,
     # aggregation, scale_advantages) the run does not set; IVR-R1 itself is ivr.enabled
-    name: str = "grpo"  # grpo | ivr | ivr_r1 | dapo | dr_grpo | deepseekmath
+    name: str = "grpo"  # grpo | ivr | ivr_r1 | dapo | dr_grpo | deepseekmath | gspo | cispo | sapo
     lr: float = 1e-6
     weight_decay: float = 0.0
     warmup_steps: int = 0
@@ -131,6 +139,11 @@ class AlgoConfig:
     clip_high: float = 0.2  # DAPO clip-higher: 0.28
     scale_advantages: bool = True  # False = Dr.GRPO (no std division)
     aggregation: str = "token"  # token | sequence | dr_grpo
+    loss: str = "grpo"  # on-policy surrogate: grpo | gspo | cispo | sapo (rl/losses.py)
+    sapo_tau_pos: float = 1.0  # SAPO gate temperature where Â > 0
+    sapo_tau_neg: float = 1.05  # ... and where Â <= 0
+    # ρ: policy gradient on the top-ρ share of tokens by entropy (Wang et al. 2025); 1.0 = off
+    top_entropy_quantile: float = 1.0
     ppo_epochs: int = 1  # μ: optimisation passes per batch
     minibatch_size: int = 0  # sequences per optimiser step; 0 = the whole batch
     micro_batch_size: int = 8  # sequences per forward (gradient accumulation)
@@ -236,41 +249,6 @@ def _plain(value: Any) -> Any:
     return value
 
 
-_GRPO = {
-    "beta": 0.0,
-    "clip_low": 0.2,
-    "clip_high": 0.2,
-    "aggregation": "token",
-    "scale_advantages": True,
-}
-#: ``algo.name`` -> defaults for the algo keys a run does not set itself (in its YAML or as an
-#: ``algo.key=value`` override); explicit keys always win. ``grpo`` (the default), ``ivr`` and
-#: ``ivr_r1`` are AlgoConfig's own defaults: IVR-R1 trains with GRPO's loss and switches on the
-#: re-reasoning loop with ``ivr.enabled``. ``rl.losses.LOSS_PRESETS`` is this table as
-#: ``policy_loss`` keyword arguments (kept here so loading a config never imports torch).
-ALGO_PRESETS: types.MappingProxyType[str, types.MappingProxyType[str, Any]] = (
-    types.MappingProxyType(
-        {
-            # IVR-R1 A.1 / DESIGN.md §1: clipped surrogate, loss over all tokens of the batch
-            "grpo": types.MappingProxyType(dict(_GRPO)),
-            "ivr": types.MappingProxyType(dict(_GRPO)),
-            "ivr_r1": types.MappingProxyType(dict(_GRPO)),
-            # DAPO (arXiv:2503.14476): clip-higher 0.28, token-level loss, no KL
-            "dapo": types.MappingProxyType({**_GRPO, "clip_high": 0.28}),
-            # Dr.GRPO (arXiv:2503.20783): no std division, constant normaliser
-            "dr_grpo": types.MappingProxyType(
-                {**_GRPO, "aggregation": "dr_grpo", "scale_advantages": False}
-            ),
-            # DeepSeekMath's GRPO (arXiv:2402.03300): per-sequence mean, KL β = 0.04
-            "deepseekmath": types.MappingProxyType(
-                {**_GRPO, "aggregation": "sequence", "beta": 0.04}
-            ),
-        }
-    )
-)
-#: Known ``algo.name`` values: the presets.
-ALGO_NAMES = frozenset(ALGO_PRESETS)
-
 #: Keys that once existed, with what to do instead: an old run's config.yaml still loads.
 _REMOVED = {
     "reward.localization": "it was never read: the Vision-R1 reward always scores rows whose "
@@ -287,6 +265,9 @@ _CHOICES = {
     "sft.lr_schedule": {"constant", "cosine"},
     "algo.aggregation": {"token", "sequence", "dr_grpo"},
     "algo.overlong": {"none", "filter", "soft"},
+    "algo.loss": {"grpo", "gspo", "cispo", "sapo"},  # = rl.losses._VARIANTS
+    "rollout.is_correction": {"auto", "none", "tis", "mis"},
+    "rollout.is_level": {"token", "sequence"},
     "ivr.context": {"image", "description"},
     "ivr.description_source": {"own", "dataset"},
     "ivr.accept": {"correct_format", "reward", "grounded", "correct"},  # = rl.rectify.ACCEPT
@@ -427,7 +408,26 @@ def validate(cfg: Config, where: str = "config") -> Config:
             "must be > 0 (gradients are clipped to this norm; 0 would zero every update)",
         ),
         ("algo.beta", cfg.algo.beta >= 0, "must be ≥ 0"),
-        ("algo.clip_low", 0 <= cfg.algo.clip_low < 1, "must be in [0, 1)"),
+        (
+            "algo.clip_low",
+            0 <= cfg.algo.clip_low < 1 or (cfg.algo.loss == "cispo" and cfg.algo.clip_low >= 1),
+            "must be in [0, 1) (only algo.loss=cispo takes clip_low ≥ 1: no lower bound)",
+        ),
+        ("algo.sapo_tau_pos", cfg.algo.sapo_tau_pos > 0, "must be > 0"),
+        ("algo.sapo_tau_neg", cfg.algo.sapo_tau_neg > 0, "must be > 0"),
+        (
+            "algo.top_entropy_quantile",
+            0 < cfg.algo.top_entropy_quantile <= 1,
+            "must be in (0, 1]: the share of tokens trained, by entropy (1 = all, off)",
+        ),
+        ("rollout.is_cap", cfg.rollout.is_cap >= 1, "must be ≥ 1 (C caps π_old/μ; 1 = no boost)"),
+        (
+            "rollout.is_correction",
+            cfg.rollout.is_correction in ("auto", "none")
+            or cfg.rollout.recompute_logprobs is not False,
+            "needs π_old from a training forward, which rollout.recompute_logprobs=false turns "
+            "off (the ratio would be 1 everywhere): drop one of the two",
+        ),
         ("algo.clip_high", cfg.algo.clip_high >= 0, "must be ≥ 0"),
         ("algo.ppo_epochs", cfg.algo.ppo_epochs >= 1, "must be ≥ 1"),
         ("algo.micro_batch_size", cfg.algo.micro_batch_size >= 1, "must be ≥ 1"),

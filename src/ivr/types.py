@@ -82,13 +82,16 @@ class Generation:
     """What the rollout backend returns for one sampled completion.
 
     ``logprobs[i]`` is log π(token_ids[i]) under the sampling distribution (temperature applied),
-    so for μ = 1 it doubles as ``old_logprobs`` and saves a forward pass.
+    so for μ = 1 it doubles as ``old_logprobs`` and saves a forward pass. When π_old is recomputed
+    by a training forward (``rollout.base.recompute_logprobs``), ``logprobs`` becomes that and
+    ``behaviour_logprobs`` keeps the sampler's own (μ, for the mismatch correction).
     """
 
     text: str
     token_ids: tuple[int, ...]
     logprobs: tuple[float, ...] | None = None
     finished: bool = True  # False when cut by max_new_tokens
+    behaviour_logprobs: tuple[float, ...] | None = None  # the sampler's, if logprobs were redone
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,8 @@ class Rollout:
     text: str
     token_ids: tuple[int, ...]
     old_logprobs: tuple[float, ...] | None = None
+    # log μ from the sampler when it differs from old_logprobs (π_old recomputed): TIS/MIS
+    behaviour_logprobs: tuple[float, ...] | None = None
     reward: float = 0.0
     components: dict[str, float] = field(default_factory=dict)
     off_policy: bool = False

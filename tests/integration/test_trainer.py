@@ -222,7 +222,7 @@ def test_rectified_traces_are_trained_on_the_original_prompt(
 def test_off_policy_grad_share_is_pooled_over_micro_batches(
     tmp_path, tiny_qwen25_dir, colour_world, monkeypatch
 ) -> None:
-    import ivr.rl.trainer as trainer_module
+    import ivr.rl.update as trainer_module
 
     # 2 groups × 4 rows (2 rectified per group) in micro-batches of 3, 3 and 2 rows: micro-batches
     # with different totals of push Σ|∂ℓ/∂log p|, so the mean of their shares is not the share.

@@ -161,6 +161,11 @@ OLD_DEFAULT_ALGO = {
     "max_sampling_rounds": 3,
     "overlong": "none",
     "overlong_buffer": 0,
+    # keys added later, at the values that keep the old behaviour (GRPO's surrogate, no mask)
+    "loss": "grpo",
+    "sapo_tau_pos": 1.0,
+    "sapo_tau_neg": 1.05,
+    "top_entropy_quantile": 1.0,
 }
 #: What each shipped recipe resolved to before presets (captured), as changes to the default.
 OLD_SHIPPED_ALGO = {
@@ -233,6 +238,62 @@ def test_other_presets_and_their_loss_kwargs() -> None:
         "kl_beta": 0.0,
     }
     assert LOSS_PRESETS["ivr_r1"]["shaping_gamma"] == 0.1
+
+
+def test_gspo_cispo_sapo_are_one_name_each() -> None:
+    from ivr.rl.losses import LOSS_PRESETS
+
+    g = load_config(None, ["algo.name=gspo"]).algo
+    assert (g.loss, g.clip_low, g.clip_high, g.aggregation, g.beta) == (
+        "gspo",
+        3e-4,
+        4e-4,
+        "sequence",
+        0.0,
+    )
+    c = load_config(None, ["algo.name=cispo"]).algo
+    assert (c.loss, c.clip_low, c.clip_high, c.aggregation) == ("cispo", 1.0, 4.0, "token")
+    s = load_config(None, ["algo.name=sapo"]).algo
+    assert (s.loss, s.sapo_tau_pos, s.sapo_tau_neg, s.aggregation) == (
+        "sapo",
+        1.0,
+        1.05,
+        "sequence",
+    )
+    # the loss module's presets carry the variant (grpo's stay as they were: no `loss` key)
+    assert LOSS_PRESETS["gspo"]["loss"] == "gspo" and "loss" not in LOSS_PRESETS["dapo"]
+    assert LOSS_PRESETS["sapo"]["sapo_tau_neg"] == 1.05
+    # explicit keys still win over the preset
+    assert load_config(None, ["algo.name=gspo", "algo.clip_high=1e-3"]).algo.clip_high == 1e-3
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        (["algo.loss=ppo"], "algo.loss"),
+        (["algo.clip_low=1.0"], "algo.clip_low"),  # grpo: [0, 1)
+        (["algo.loss=gspo", "algo.clip_low=1.0"], "algo.clip_low"),
+        (["algo.name=sapo", "algo.sapo_tau_neg=0"], "algo.sapo_tau_neg"),
+        (["algo.top_entropy_quantile=0"], "algo.top_entropy_quantile"),
+        (["algo.top_entropy_quantile=1.5"], "algo.top_entropy_quantile"),
+        (["rollout.is_correction=yes"], "rollout.is_correction"),
+        (["rollout.is_level=group"], "rollout.is_level"),
+        (["rollout.is_cap=0.5"], "rollout.is_cap"),
+        (
+            ["rollout.is_correction=tis", "rollout.recompute_logprobs=false"],
+            "rollout.is_correction",
+        ),
+    ],
+)
+def test_new_switches_are_validated_naming_the_key(overrides: list[str], key: str) -> None:
+    with pytest.raises(ConfigError, match=rf"`{key}` = "):
+        load_config(None, overrides)
+
+
+def test_cispo_alone_takes_an_unbounded_clip_low() -> None:
+    # CISPO's weight has no lower bound when clip_low >= 1 (losses.cispo_surrogate)
+    assert load_config(None, ["algo.loss=cispo", "algo.clip_low=5.0"]).algo.clip_low == 5.0
+    assert load_config(None, ["algo.top_entropy_quantile=0.2"]).algo.top_entropy_quantile == 0.2
 
 
 def test_a_resolved_config_round_trips_without_the_preset_changing_it(tmp_path) -> None:

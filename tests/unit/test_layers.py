@@ -19,6 +19,7 @@ LAYERS: dict[str, int] = {
     "ivr": 0,  # the package __init__
     "ivr.types": 0,
     "ivr.config": 0,
+    "ivr.presets": 0,
     "ivr.console": 0,
     "ivr.tracking": 0,
     "ivr.checkpoint": 0,

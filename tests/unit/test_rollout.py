@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
@@ -17,7 +18,7 @@ from PIL import Image
 
 from ivr.config import ConfigError, load_config
 from ivr.models.policy import Policy
-from ivr.rollout.base import RolloutBackend, make_backend, recompute_enabled
+from ivr.rollout.base import RolloutBackend, make_backend, recompute_enabled, recompute_logprobs
 from ivr.rollout.hf import HFBackend
 from ivr.rollout.vllm import (
     banned_token_params,
@@ -264,6 +265,35 @@ def test_recompute_knob_resolves_per_backend() -> None:
         load_config(None, ["rollout.recompute_logprobs=sometimes"])
     with pytest.raises(ConfigError, match="vllm_gpu_memory_utilization"):
         load_config(None, ["rollout.vllm_gpu_memory_utilization=1.5"])
+
+
+def test_mismatch_correction_resolves_per_backend_and_forces_the_recompute() -> None:
+    from ivr.rollout import mismatch_correction
+
+    def rollout(*o):
+        return load_config(None, list(o)).rollout
+
+    assert mismatch_correction(rollout()) == "none"  # hf: μ is the training forward's
+    assert mismatch_correction(rollout("rollout.backend=vllm")) == "tis"
+    # no training-forward π_old to compare with: auto turns itself off
+    vllm_no_recompute = rollout("rollout.backend=vllm", "rollout.recompute_logprobs=false")
+    assert mismatch_correction(vllm_no_recompute) == "none"
+    assert (
+        mismatch_correction(rollout("rollout.backend=vllm", "rollout.is_correction=mis")) == "mis"
+    )
+    # hf + tis: π_old is recomputed (one no-grad forward) so that there is something to correct
+    hf_tis = rollout("rollout.is_correction=tis")
+    assert mismatch_correction(hf_tis) == "tis" and recompute_enabled(hf_tis) is True
+    assert recompute_enabled(rollout("rollout.is_correction=none")) is False
+
+
+def test_recompute_keeps_the_samplers_logprobs_as_behaviour(policy) -> None:
+    gens = policy.generate([_prompt(1)], max_new_tokens=4, num_return_sequences=2, seed=3)
+    fake = [[replace(g, logprobs=tuple(x - 0.5 for x in g.logprobs)) for g in gens[0]]]
+    out = recompute_logprobs(policy, [_prompt(1)], fake, temperature=1.0)
+    for g, f, o in zip(gens[0], fake[0], out[0]):
+        assert o.behaviour_logprobs == f.logprobs  # μ: what the sampler said
+        assert o.logprobs == pytest.approx(g.logprobs, abs=1e-4)  # π_old: the training forward
 
 
 def test_hf_backend_is_the_policy(policy) -> None:

@@ -55,6 +55,9 @@ Presets (a "loss type" is just parameters; see ``LOSS_PRESETS``, which is ``conf
     dapo       clip 0.2/0.28, aggregation="token",    kl_beta=0.0,  scale=True
     dr_grpo    clip 0.2/0.2,  aggregation="dr_grpo",  kl_beta=0.0,  scale=False (pass max_len)
     deepseekmath clip 0.2/0.2, aggregation="sequence", kl_beta=0.04, scale=True
+    gspo       loss="gspo",  clip 3e-4/4e-4, aggregation="sequence", kl_beta=0.0
+    cispo      loss="cispo", clip 1.0/4.0 (no lower bound, weight ≤ 5), aggregation="token"
+    sapo       loss="sapo",  τ 1.0/1.05, aggregation="sequence" (clips unused)
 """
 
 from __future__ import annotations
@@ -98,6 +101,7 @@ LOSS_PRESETS: MappingProxyType[str, MappingProxyType[str, Any]] = MappingProxyTy
                 "clip_high": p["clip_high"],
                 "aggregation": p["aggregation"],
                 "kl_beta": p["beta"],
+                **{k: p[k] for k in ("loss", "sapo_tau_pos", "sapo_tau_neg") if k in p},
                 **({"shaping_gamma": IVRConfig.gamma} if name.startswith("ivr") else {}),
             }
         )

@@ -21,7 +21,8 @@ What is really implemented, and why:
 - ``old_logprobs`` are the sampling log-probabilities returned by ``generate`` (π_θold is the
   policy that sampled). They are exact up to float error (tested to 1e-4), so no extra forward is
   spent on them; μ > 1 reuses them too, which is what PPO prescribes. With the vLLM rollout
-  backend (other kernels) they are recomputed by a no-grad training forward (rollout/base.py).
+  backend (other kernels) they are recomputed by a no-grad training forward (rollout/base.py),
+  and the sampler's are kept for the TIS/MIS correction of ``rollout.is_correction`` (rl/update.py).
 - The training forward divides logits by the sampling temperature, so ρ = 1 at the first pass.
 - Token aggregation is over the whole minibatch (all ranks): each micro-batch loss is re-weighted
   by its share of the minibatch's tokens (or sequences) and gradients are summed across ranks.
@@ -44,7 +45,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -62,8 +62,8 @@ from ..types import Generation, Group, Prompt, Rollout, Sample
 from . import filters, sharding
 from .advantages import group_advantages
 from .distributed import Collectives, cpu_only
-from .losses import policy_loss
-from .metrics import Timer, loss_metrics, nan_components, reward_metrics, sample_rows
+from .metrics import Timer, nan_components, reward_metrics, sample_rows
+from .update import update as update_phase
 
 
 class Trainer:
@@ -339,6 +339,7 @@ class Trainer:
                         text=gen.text,
                         token_ids=gen.token_ids,
                         old_logprobs=gen.logprobs,
+                        behaviour_logprobs=gen.behaviour_logprobs,  # μ, kept by a recompute
                         reward=sc.reward,
                         components={**sc.components, "correct": float(bool(sc.correct))}
                         if sc.correct is not None
@@ -365,129 +366,8 @@ class Trainer:
     def update(
         self, groups: list[Group], prompts: list[Prompt], advantages: Tensor
     ) -> dict[str, float]:
-        """μ passes over minibatches of (prompt, completion) sequences with accumulation.
-
-        Multi-process: every rank takes the same number of optimiser steps (the most minibatches
-        any rank has), so the collectives line up even where a rank has fewer rows than the
-        others (groups dropped for a NaN reward) or none: it contributes a zero gradient.
-        """
-        cfg, a = self.cfg, self.cfg.algo
-        self._dirty = True
-        rows = [(prompts[r.sample_index], r) for g in groups for r in g.rollouts]
-        n = len(rows)
-        mb = a.minibatch_size or max(n, 1)
-        n_minibatches = int(self.comm.max(math.ceil(n / mb)))
-        if n_minibatches == 0:
-            return {"loss/skipped": 1.0}
-        temp = cfg.rollout.temperature or 1.0
-        ref_lp = self._ref_logprobs(rows, temp) if a.beta > 0 and (rows or self.sharded) else None
-        sums: dict[str, Tensor] = {}  # policy_loss metrics stay on the device until the end
-        count, grad_norms = 0, []
-        self.model.train()
-        self._lockstep_forwards(True)
-        for _ in range(a.ppo_epochs):
-            order = torch.randperm(n).tolist() if a.ppo_epochs > 1 or mb < n else list(range(n))
-            for start in range(0, n_minibatches * mb, mb):
-                idx = order[start : start + mb]
-                # Micro-batches keep a group's rows together, longest first: the policy runs each
-                # prompt once per micro-batch and pads to that micro-batch's longest completion.
-                # The minibatch gradient does not depend on how the minibatch is split.
-                idx.sort(key=lambda i: (rows[i][1].sample_index, -len(rows[i][1].token_ids)))
-                total_tokens, total_seqs = self.comm.sum(
-                    sum(len(rows[i][1].token_ids) for i in idx), len(idx)
-                )
-                self.optimizer.zero_grad(set_to_none=True)
-                n_micro = math.ceil(len(idx) / a.micro_batch_size)
-                if self.sharded:  # every rank runs as many forwards/backwards (rl/sharding.py)
-                    n_micro = int(self.comm.max(n_micro))
-                for ms in range(0, n_micro * a.micro_batch_size, a.micro_batch_size):
-                    micro = idx[ms : ms + a.micro_batch_size]
-                    if not micro:
-                        self._dummy_micro_step(prompts)
-                        continue
-                    m = self._micro_step(
-                        rows, micro, advantages, ref_lp, temp, total_tokens, total_seqs
-                    )
-                    for k, v in m.items():
-                        sums[k] = sums.get(k, 0.0) + v
-                    count += 1
-                if self.sharded:  # FSDP reduce-scatters in the backward itself
-                    self.comm.drop_unused_grads(self.model)
-                else:
-                    self.comm.allreduce_grads(self.model)
-                params = [p for p in self.model.parameters() if p.requires_grad]
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, a.max_grad_norm)
-                if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP
-                    grad_norm = grad_norm.full_tensor()
-                grad_norms.append(float(grad_norm))
-                self.optimizer.step()
-                self.scheduler.step()
-        self._lockstep_forwards(False)
-        totals = torch.stack(list(sums.values())).tolist() if sums else []  # the one host sync
-        out = loss_metrics(dict(zip(sums, totals)), count, self.comm.sum)
-        out["loss/grad_norm"] = float(np.mean(grad_norms))
-        if rows:  # a rank without rows leaves these to the others (``_reduce`` averages the rest)
-            out["loss/off_policy_sequences"] = float(sum(r.off_policy for _, r in rows))
-            out["completion_len"] = float(np.mean([len(r.token_ids) for _, r in rows]))
-        return out
-
-    def _micro_step(
-        self, rows, micro, advantages, ref_lp, temp, total_tokens, total_seqs
-    ) -> dict[str, Tensor]:
-        a = self.cfg.algo
-        prompts = [rows[i][0] for i in micro]
-        comps = [rows[i][1].token_ids for i in micro]
-        if self.sharded and not any(comps):  # no forward would run: keep FSDP in lock-step
-            self._dummy_micro_step(prompts)
-            return {}
-        out = self.policy.completion_logprobs(  # entropy is only reported: keep it off the graph
-            prompts,
-            comps,
-            temperature=temp,
-            with_grad=True,
-            return_entropy=True,
-            entropy_grad=False,
-        )
-        T = out.logprobs.shape[1]
-        old = _pad([rows[i][1].old_logprobs or () for i in micro], T)
-        off = torch.tensor([rows[i][1].off_policy for i in micro])
-        ref = torch.stack([ref_lp[i][:T] for i in micro]) if ref_lp is not None else None
-        loss, m = policy_loss(
-            out.logprobs,
-            old.to(out.logprobs.device),
-            advantages[micro].to(out.logprobs.device),
-            out.mask,
-            off_policy=off.to(out.logprobs.device),
-            ref_logprobs=None if ref is None else ref.to(out.logprobs.device),
-            clip_low=a.clip_low,
-            clip_high=a.clip_high,
-            shaping_gamma=self.cfg.ivr.gamma if self.cfg.ivr.shaping else None,
-            kl_beta=a.beta,
-            aggregation=a.aggregation,
-            max_len=self.cfg.rollout.max_new_tokens if a.aggregation == "dr_grpo" else None,
-            entropy=out.entropy,
-        )
-        # Re-weight the micro-batch mean into the minibatch-wide (all-rank) normalisation.
-        if a.aggregation == "token":  # token count from the host: no device sync
-            weight = sum(len(rows[i][1].token_ids) for i in micro) / max(total_tokens, 1)
-        else:
-            weight = len(micro) / max(total_seqs, 1)
-        (loss * weight).backward()
-        return m
-
-    def _dummy_micro_step(self, prompts: list[Prompt]) -> None:
-        """A zero-gradient forward/backward for a sharded rank with fewer micro-batches than the
-        others: FSDP's per-layer all-gathers and reduce-scatters must line up on every rank."""
-        out = self.policy.completion_logprobs(
-            prompts[:1], [self.policy.eos_token_ids[:1]], with_grad=True
-        )
-        (out.logprobs.sum() * 0.0).backward()
-
-    def _lockstep_forwards(self, on: bool) -> None:
-        """Under FSDP, the same forwards on every rank: one full forward per micro-batch
-        (no shared-prefix second pass, vision inside the root forward; rl/sharding.py)."""
-        if self.sharded:
-            self.policy.shared_prefix = self.policy.share_image_features = not on
+        """μ passes × minibatches × micro-batches (rl/update.py: the optimisation phase)."""
+        return update_phase(self, groups, prompts, advantages)
 
     @contextmanager
     def _gathered(self, sampling: bool = False):
@@ -498,39 +378,6 @@ class Trainer:
             return
         with sharding.gathered(self.model):
             yield
-
-    def _ref_logprobs(self, rows, temp: float) -> list[Tensor] | None:
-        """log π_ref per row, padded to the longest completion (no grad, computed once per step).
-        Sharded: every rank enters (the reference's weights are gathered), rows or not."""
-        if self.sharded:
-            ref_model = self.ref.model if self.ref is not None else self.model
-            with sharding.gathered(ref_model):
-                return self._ref_logprobs_local(rows, temp) if rows else None
-        return self._ref_logprobs_local(rows, temp)
-
-    def _ref_logprobs_local(self, rows, temp: float) -> list[Tensor] | None:
-        T = max(len(r.token_ids) for _, r in rows)
-        prompts, comps = [p for p, _ in rows], [r.token_ids for _, r in rows]
-        with torch.no_grad():
-            if self.ref is not None:
-                out = self.ref.completion_logprobs(
-                    prompts,
-                    comps,
-                    temperature=temp,
-                    micro_batch_size=self.cfg.algo.micro_batch_size,
-                )
-            elif self.cfg.model.lora_rank > 0:
-                with self.model.disable_adapter():
-                    out = self.policy.completion_logprobs(
-                        prompts,
-                        comps,
-                        temperature=temp,
-                        micro_batch_size=self.cfg.algo.micro_batch_size,
-                    )
-            else:
-                return None
-        lp = torch.nn.functional.pad(out.logprobs, (0, T - out.logprobs.shape[1]))
-        return list(lp.cpu())
 
     def _reduce(self, metrics: dict[str, float]) -> dict[str, float]:
         """Each metric's mean over the ranks that report it (rl/distributed.py)."""
@@ -575,16 +422,6 @@ class Trainer:
         if self.world > 1:
             self.state.wait_for_everyone()
         return final
-
-
-# ---------------------------------------------------------------------- small helpers
-def _pad(rows: Sequence[Sequence[float]], T: int) -> Tensor:
-    out = torch.zeros(len(rows), T)
-    for i, r in enumerate(rows):
-        r = list(r)[:T]
-        if r:
-            out[i, : len(r)] = torch.tensor(r)
-    return out
 
 
 def train(cfg: Config, **kwargs: Any) -> dict[str, float]:

@@ -25,6 +25,7 @@ from .base import (
     RolloutBackend,
     backend_class,
     make_backend,
+    mismatch_correction,
     recompute_enabled,
     recompute_logprobs,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "VLLMBackend",
     "backend_class",
     "make_backend",
+    "mismatch_correction",
     "recompute_enabled",
     "recompute_logprobs",
 ]

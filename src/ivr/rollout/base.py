@@ -45,6 +45,7 @@ __all__ = [
     "RolloutBackend",
     "backend_class",
     "make_backend",
+    "mismatch_correction",
     "recompute_enabled",
     "recompute_logprobs",
 ]
@@ -117,11 +118,27 @@ def make_backend(cfg: Config, policy: Policy) -> RolloutBackend:
 def recompute_enabled(rollout: RolloutConfig) -> bool:
     """``rollout.recompute_logprobs``: true/false as given; ``auto`` = on unless the backend's
     sampling logprobs are the training forward's (``logprobs_match_training``: HF generate,
-    tested to 1e-4)."""
+    tested to 1e-4), or when a mismatch correction is on (it needs π_old from the training
+    forward beside the sampler's μ: with HF, one extra no-grad forward over the batch)."""
     value = rollout.recompute_logprobs
     if value == "auto":
-        return not backend_class(rollout.backend).logprobs_match_training
+        return (
+            not backend_class(rollout.backend).logprobs_match_training
+            or mismatch_correction(rollout) != "none"
+        )
     return bool(value)
+
+
+def mismatch_correction(rollout: RolloutConfig) -> str:
+    """``rollout.is_correction`` resolved: "none" | "tis" | "mis". ``auto`` = "tis" for a backend
+    whose sampling logprobs are not the training forward's (vLLM), "none" otherwise (HF) or when
+    ``rollout.recompute_logprobs=false`` leaves no training-forward π_old to compare with."""
+    value = rollout.is_correction
+    if value != "auto":
+        return value
+    if rollout.recompute_logprobs is False:
+        return "none"
+    return "none" if backend_class(rollout.backend).logprobs_match_training else "tis"
 
 
 def recompute_logprobs(
@@ -133,7 +150,8 @@ def recompute_logprobs(
     micro_batch_size: int | None = None,
 ) -> list[list[Generation]]:
     """``gens`` (``out[prompt][sample]``) with ``logprobs`` replaced by log π_T(token) from the
-    HF policy (no grad): exactly the quantity the loss computes at the first pass. The samples of
+    HF policy (no grad): exactly the quantity the loss computes at the first pass; the sampler's
+    own move to ``behaviour_logprobs`` (μ of the mismatch correction, ``rl/importance.py``). The samples of
     a prompt share its ``Prompt`` object, so the policy runs each prompt (and image) once."""
     flat_p = [p for p, g in zip(prompts, gens, strict=True) for _ in g]
     flat = [x for g in gens for x in g]
@@ -152,6 +170,7 @@ def recompute_logprobs(
             token_ids=x.token_ids,
             logprobs=tuple(lp[i, : len(x.token_ids)].tolist()),
             finished=x.finished,
+            behaviour_logprobs=x.logprobs,  # μ, the sampler's: kept for TIS/MIS
         )
         for i, x in enumerate(flat)
     ]
