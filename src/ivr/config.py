@@ -193,6 +193,9 @@ class TrainConfig:
     max_skipped_steps: int = 5
     threads: int = 0  # torch CPU threads; 0 = leave torch's default
     sharding: str = "auto"  # auto (follow `accelerate launch`) | none (data parallel) | fsdp
+    # 0 = synchronous (sample step t with the weights of step t); 1 = one-step off-policy overlap:
+    # step t+1's batch is sampled by a weight snapshot while step t updates (docs/scaling.md)
+    staleness: int = 0  # 0 | 1
 
 
 @dataclass(frozen=True)
@@ -473,6 +476,28 @@ def validate(cfg: Config, where: str = "config") -> Config:
             "cannot be combined with train.resume (overwrite starts a fresh run)",
         ),
         ("train.max_skipped_steps", cfg.train.max_skipped_steps >= 0, "must be ≥ 0"),
+        (
+            "train.staleness",
+            cfg.train.staleness in (0, 1),
+            "must be 0 (synchronous) or 1 (one-step off-policy overlap)",
+        ),
+        (
+            "train.staleness",
+            cfg.train.staleness == 0 or cfg.rollout.backend == "hf",
+            "needs rollout.backend = hf: the overlap samples with a snapshot of the HF model in a "
+            "thread (a vLLM engine colocated with training would need its own GPUs)",
+        ),
+        (
+            "train.staleness",
+            cfg.train.staleness == 0 or not cfg.model.load_in_4bit,
+            "cannot be combined with model.load_in_4bit (the 4-bit weights are not copied into "
+            "a snapshot)",
+        ),
+        (
+            "train.staleness",
+            cfg.train.staleness == 0 or cfg.train.sharding != "fsdp",
+            "cannot be combined with train.sharding = fsdp (the snapshot needs full weights)",
+        ),
     ]
     for key, ok, why in checks:
         if not ok:

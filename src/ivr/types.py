@@ -82,16 +82,25 @@ class Generation:
     """What the rollout backend returns for one sampled completion.
 
     ``logprobs[i]`` is log π(token_ids[i]) under the sampling distribution (temperature applied),
-    so for μ = 1 it doubles as ``old_logprobs`` and saves a forward pass. When π_old is recomputed
-    by a training forward (``rollout.base.recompute_logprobs``), ``logprobs`` becomes that and
-    ``behaviour_logprobs`` keeps the sampler's own (μ, for the mismatch correction).
+    so for μ = 1 it doubles as ``old_logprobs`` and saves a forward pass. When π_old is
+    recomputed by the training forward (``rollout/base.py recompute_logprobs``), ``logprobs``
+    holds the recomputed values and ``behaviour_logprobs`` keeps the sampler's own;
+    ``sampler_logprobs`` is the sampler's either way. ``policy_version`` is the number of
+    completed updates of the weights that sampled it, where tracked (``train.staleness: 1``).
     """
 
     text: str
     token_ids: tuple[int, ...]
     logprobs: tuple[float, ...] | None = None
     finished: bool = True  # False when cut by max_new_tokens
-    behaviour_logprobs: tuple[float, ...] | None = None  # the sampler's, if logprobs were redone
+    behaviour_logprobs: tuple[float, ...] | None = None  # the sampler's, if logprobs recomputed
+    policy_version: int | None = None  # updates the sampling weights had seen; None = untracked
+
+    @property
+    def sampler_logprobs(self) -> tuple[float, ...] | None:
+        """log μ(token) as the sampler computed it: the behaviour policy of the importance-
+        sampling corrections (rl/importance.py)."""
+        return self.logprobs if self.behaviour_logprobs is None else self.behaviour_logprobs
 
 
 @dataclass(frozen=True)
@@ -101,6 +110,13 @@ class Rollout:
     ``off_policy`` marks a rectified trace (IVR-R1): it was generated under a critique/rectify
     prompt but is trained as a response to the ORIGINAL prompt, with policy shaping instead of the
     clipped ratio. ``trace`` keeps the chain (original → critique → rectification …) for logging.
+
+    ``behaviour_logprobs`` are log μ of the tokens under the sampler that drew them (its own
+    numbers: another engine's kernels, or stale weights under ``train.staleness: 1``); they equal
+    ``old_logprobs`` unless π_old was recomputed by the training forward, and their ratio to
+    ``old_logprobs`` is what the mismatch correction (rl/importance.py) weights. None on rectified
+    rows (behaviour probability 1). ``policy_version`` = completed updates of the sampling
+    weights (None: untracked); at step t a row is ``t − 1 − policy_version`` updates stale.
     """
 
     sample_index: int  # index of the Sample in the step's batch
@@ -114,6 +130,8 @@ class Rollout:
     off_policy: bool = False
     rectify_round: int = 0  # 0 = on-policy sample; t ≥ 1 = accepted after t re-reasoning rounds
     trace: tuple[dict[str, Any], ...] = ()
+    behaviour_logprobs: tuple[float, ...] | None = None  # log μ from the sampler (see above)
+    policy_version: int | None = None  # completed updates of the weights that sampled it
 
 
 @dataclass(frozen=True)

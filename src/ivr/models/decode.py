@@ -62,6 +62,7 @@ class _SamplingProcessor(LogitsProcessor):
             self.warpers.append(TopPLogitsWarper(top_p=top_p))
         self.prev: torch.Tensor | None = None
         self.steps: list[torch.Tensor] = []
+        self.generator: torch.Generator | None = None  # ``decode``'s draws; None = global RNG
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.Tensor:
         if self.prev is not None:
@@ -86,7 +87,8 @@ class _SamplingProcessor(LogitsProcessor):
             for warp in self.warpers:
                 scores = warp(None, scores)
             cdf = torch.softmax(scores, dim=-1).cumsum(-1)
-            u = torch.rand(len(cdf), 1, device=cdf.device) * cdf[:, -1:]
+            u = torch.rand(len(cdf), 1, device=cdf.device, generator=self.generator)
+            u = u * cdf[:, -1:]
             # right=True: the first index whose cdf exceeds u, so zero-mass tokens are never drawn
             token = torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_(max=cdf.shape[1] - 1)
         return token, logp.gather(1, token[:, None]).squeeze(1)
@@ -126,8 +128,10 @@ def generate(
     seed_ctx = _seeded(seed, policy.device) if seed is not None else contextlib.nullcontext()
     rope_index = policy._rope_index_fn()
     if policy.shared_prefix and rope_index is not None and has_vision_fields(batch):
-        with seed_ctx:
-            new, logprobs = decode(policy, batch, rope_index, recorder, copies, max_new_tokens)
+        if seed is not None:  # a private generator: the same draws as torch.manual_seed(seed),
+            # and thread-safe (fork_rng swaps the process-wide state; rollout/overlap.py)
+            recorder.generator = torch.Generator(policy.device).manual_seed(seed)
+        new, logprobs = decode(policy, batch, rope_index, recorder, copies, max_new_tokens)
     else:
         sampling = {"temperature": 1.0, "top_k": 0, "top_p": 1.0} if not greedy else {}
         config = GenerationConfig(  # temperature/top-k/top-p are applied by the recorder

@@ -56,7 +56,7 @@ from ..data.prompts import PromptSet, question_prompt
 from ..models.policy import Policy
 from ..rewards import LocalizationConfig
 from ..rewards.scorer import RewardError, RewardFn, Scorer
-from ..rollout import make_backend, recompute_enabled, recompute_logprobs
+from ..rollout import make_backend, overlap, recompute_enabled, recompute_logprobs
 from ..tracking import Tracker
 from ..types import Generation, Group, Prompt, Rollout, Sample
 from . import filters, sharding
@@ -114,7 +114,7 @@ class Trainer:
         self.batches = filters.Batches(cfg, self.samples, self.comm, self.rank, self.policy)
 
         # The sampler: HF generate on self.model, or a vLLM engine synced after each update.
-        self.rollout = make_backend(cfg, self.policy)
+        self.rollout = overlap.wrap(make_backend(cfg, self.policy), self)  # train.staleness
         self.scorer = Scorer(
             format_weight=cfg.reward.format_weight,
             localization=LocalizationConfig(switch_at=cfg.reward.loc_switch_at),
@@ -222,6 +222,7 @@ class Trainer:
         with timer("weight_sync"):  # the sampler sees the new weights (no-op for HF generate)
             self.rollout.sync_weights(self.model)
         metrics.update(timer)
+        metrics.update(overlap.step_metrics(self.rollout))  # rollout/staleness (train.staleness)
         metrics["time/step"] = time.perf_counter() - t0
         metrics["lr"] = self.scheduler.get_last_lr()[0]
         metrics["progress"] = progress
@@ -339,7 +340,8 @@ class Trainer:
                         text=gen.text,
                         token_ids=gen.token_ids,
                         old_logprobs=gen.logprobs,
-                        behaviour_logprobs=gen.behaviour_logprobs,  # μ, kept by a recompute
+                        behaviour_logprobs=gen.sampler_logprobs,  # log μ (rl/importance.py)
+                        policy_version=gen.policy_version,
                         reward=sc.reward,
                         components={**sc.components, "correct": float(bool(sc.correct))}
                         if sc.correct is not None

@@ -28,6 +28,7 @@ pass, as PPO intends; the samples themselves remain the engine's.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import torch
@@ -150,8 +151,8 @@ def recompute_logprobs(
     micro_batch_size: int | None = None,
 ) -> list[list[Generation]]:
     """``gens`` (``out[prompt][sample]``) with ``logprobs`` replaced by log π_T(token) from the
-    HF policy (no grad): exactly the quantity the loss computes at the first pass; the sampler's
-    own move to ``behaviour_logprobs`` (μ of the mismatch correction, ``rl/importance.py``). The samples of
+    HF policy (no grad): exactly the quantity the loss computes at the first pass. The sampler's
+    values are kept as ``behaviour_logprobs``, and every other field as it was. The samples of
     a prompt share its ``Prompt`` object, so the policy runs each prompt (and image) once."""
     flat_p = [p for p, g in zip(prompts, gens, strict=True) for _ in g]
     flat = [x for g in gens for x in g]
@@ -164,13 +165,11 @@ def recompute_logprobs(
         micro_batch_size=micro_batch_size,
     )
     lp = out.logprobs.detach().float().cpu()
-    new = [
-        Generation(
-            text=x.text,
-            token_ids=x.token_ids,
+    new = [  # the sampler's own logprobs stay, as behaviour_logprobs (rl/importance.py)
+        replace(
+            x,
             logprobs=tuple(lp[i, : len(x.token_ids)].tolist()),
-            finished=x.finished,
-            behaviour_logprobs=x.logprobs,  # μ, the sampler's: kept for TIS/MIS
+            behaviour_logprobs=x.sampler_logprobs,
         )
         for i, x in enumerate(flat)
     ]
