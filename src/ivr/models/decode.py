@@ -20,6 +20,7 @@ forward ("Image features and image tokens do not match").
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +33,7 @@ from transformers import (
     TopKLogitsWarper,
     TopPLogitsWarper,
 )
+from transformers.cache_utils import DynamicLayer
 
 from ivr.models.kv_cache import cache_kwarg, output_cache
 from ivr.types import Generation, Prompt
@@ -206,6 +208,7 @@ def decode(
     eos = torch.tensor(policy.eos_token_ids, device=dev)
     tokens = torch.full((n, max_new_tokens), policy.pad_token_id, dtype=torch.long, device=dev)
     logprobs = torch.zeros(n, max_new_tokens, device=dev)
+    cache = _preallocated(cache, max_new_tokens)
     live = torch.arange(n, device=dev)  # the rows in the decode batch (cache, logits, mask)
     running = torch.ones(n, dtype=torch.bool, device=dev)  # per live row: no eos yet
     steps = 0
@@ -225,16 +228,82 @@ def decode(
             cache.batch_select_indices(keep)
             live, running, token = live[keep], running[keep], token[keep]
         pos = (start[live] + t).view(1, len(live), 1).expand(positions.shape[0], len(live), 1)
-        out = policy.model(
-            input_ids=token[:, None],
-            attention_mask=mask[live, : P + t + 1],
-            position_ids=pos,
-            **{cache_kw: cache},
-            use_cache=True,
-            logits_to_keep=1,
-        )
+        with _masked_gqa(dev):
+            out = policy.model(
+                input_ids=token[:, None],
+                attention_mask=mask[live, : P + t + 1],
+                position_ids=pos,
+                **{cache_kw: cache},
+                use_cache=True,
+                logits_to_keep=1,
+            )
         logits = out.logits[:, -1]
     return tokens[:, :steps], logprobs[:, :steps]
+
+
+class _GrowLayer(DynamicLayer):
+    """A ``DynamicLayer`` whose keys/values live in a buffer allocated once for the whole decode
+    (prompt + ``room`` tokens): a step writes one position instead of concatenating (copying)
+    the whole cache, and ``keys``/``values`` are views of the filled part. Same values."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, room: int):
+        super().__init__()
+        b, h, length, d = keys.shape
+        self.buf_k = keys.new_empty(b, h, length + room, d)
+        self.buf_v = values.new_empty(b, values.shape[1], length + room, values.shape[3])
+        self.buf_k[:, :, :length] = keys
+        self.buf_v[:, :, :length] = values
+        self.length = length
+        self.device, self.is_initialized = keys.device, True
+        self._views()
+
+    def _views(self) -> None:
+        self.keys = self.buf_k[:, :, : self.length]
+        self.values = self.buf_v[:, :, : self.length]
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        new = key_states.shape[-2]
+        self.buf_k[:, :, self.length : self.length + new] = key_states
+        self.buf_v[:, :, self.length : self.length + new] = value_states
+        self.length += new
+        self._views()
+        return self.keys, self.values
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self.buf_k, self.buf_v = self.buf_k[indices], self.buf_v[indices]
+        self._views()
+
+
+def _preallocated(cache: Any, room: int) -> Any:
+    """``cache`` with its plain ``DynamicLayer``s moved into ``_GrowLayer`` buffers with room for
+    ``room`` more tokens (left as it is when it holds any other kind of layer)."""
+    layers = getattr(cache, "layers", None)
+    if not layers or any(
+        type(layer) is not DynamicLayer or not layer.is_initialized for layer in layers
+    ):
+        return cache
+    cache.layers = [_GrowLayer(layer.keys, layer.values, room) for layer in layers]
+    return cache
+
+
+@contextlib.contextmanager
+def _masked_gqa(device: torch.device) -> Iterator[None]:
+    """On the CPU, let transformers' SDPA attention run grouped-query attention with a padding
+    mask natively (``enable_gqa``) instead of first copying the KV cache once per query head
+    group (``repeat_kv``): same arithmetic, no per-step copy. transformers only does it there
+    when ``TRANSFORMERS_SDPA_FORCE_GQA=1`` (on CUDA a mask would push SDPA to its math kernel,
+    so it is left alone)."""
+    if device.type != "cpu" or os.environ.get(_FORCE_GQA) is not None:
+        yield
+        return
+    os.environ[_FORCE_GQA] = "1"
+    try:
+        yield
+    finally:
+        os.environ.pop(_FORCE_GQA, None)
+
+
+_FORCE_GQA = "TRANSFORMERS_SDPA_FORCE_GQA"
 
 
 def to_generation(policy: Policy, ids: torch.Tensor, logprobs: torch.Tensor) -> Generation:
