@@ -54,7 +54,9 @@ def test_dropping_finished_rows_changes_nothing(policy, prompts, monkeypatch, kw
     for a, b in zip(dropped, kept):
         for (ids_a, lp_a), (ids_b, lp_b) in zip(a, b):
             assert ids_a == ids_b  # the same uniforms are drawn: the same tokens
-            torch.testing.assert_close(lp_a, lp_b, atol=1e-5, rtol=0)
+            torch.testing.assert_close(
+                lp_a, lp_b, atol=2e-5, rtol=0
+            )  # float32: batch shape changes the sums
 
 
 def test_vision_features_reused_until_the_weights_change(policy, prompts):
@@ -74,7 +76,9 @@ def test_vision_features_reused_until_the_weights_change(policy, prompts):
         del policy.reuse_vision_features
     for a, b in zip(first, plain):
         assert a[0][0] == b[0][0]
-        torch.testing.assert_close(a[0][1], b[0][1], atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            a[0][1], b[0][1], atol=2e-5, rtol=0
+        )  # float32: batch shape changes the sums
     # an optimiser step on the vision tower bumps its version counters: features recomputed
     visual = policy._base_model().model.visual
     params = [p for p in visual.parameters() if p.requires_grad]
@@ -84,3 +88,19 @@ def test_vision_features_reused_until_the_weights_change(policy, prompts):
     opt.step()
     _run(policy, prompts[:2], temperature=0)
     assert memo.encoded == encoded + 2
+
+
+def test_preallocated_cache_and_native_gqa_change_nothing(policy, prompts, monkeypatch):
+    hook = eos_biased(policy)
+    try:
+        fast = _run(policy, prompts, temperature=1.0, seed=11)
+        monkeypatch.setattr(decode, "_preallocated", lambda cache, room: cache)  # torch.cat
+        monkeypatch.setenv("TRANSFORMERS_SDPA_FORCE_GQA", "0")  # repeat_kv, as before
+        plain = _run(policy, prompts, temperature=1.0, seed=11)
+    finally:
+        hook.remove()
+    for a, b in zip(fast, plain):
+        assert a[0][0] == b[0][0]
+        torch.testing.assert_close(
+            a[0][1], b[0][1], atol=2e-5, rtol=0
+        )  # float32: batch shape changes the sums
