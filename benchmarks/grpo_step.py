@@ -25,6 +25,15 @@ step with ``--ivr``), timed around ``Trainer.step``. Interleaving step by step m
 from other processes hits both sides alike. The first ``--warmup`` steps of each are discarded;
 medians of the next ``--steps`` are reported (means in brackets).
 
+IVR-R1 vs GRPO (``--ivr``), two settings in the same run, each an ivr GRPO trainer and an ivr
+IVR-R1 trainer (k = 2, T = 3) interleaved with the rest: the **worst case** — the shapes above,
+every completion (critiques included) exactly ``--max-new-tokens`` long, and since a random model
+is never right every job runs all T rounds; and the **demo setting** (``DEMO``) — the demo's
+shapes (16 prompts × G, rollouts of up to 96 tokens, critiques of up to 64) with completions that
+end at eos with the demo's mean length (``eos_at_rate``), still nothing accepted (the demo
+accepted ~11 % of its jobs, so this is a little harsher than the demo). Printed:
+``ratio IVR/GRPO, worst case`` and ``ratio IVR/GRPO, demo setting``.
+
 Memory: after the timed steps, ``--mem-steps`` more steps of each run with a sampling thread that
 reads glibc's ``mallinfo2`` (bytes in use: arenas + mmapped chunks, which is where torch's CPU
 allocator gets its memory) every ~0.5 ms; reported is the peak in-use heap during the step minus
@@ -33,7 +42,7 @@ gradients, generation caches), not the weights and optimiser state that both hol
 Process peak RSS (``ru_maxrss``) is printed too, for both together.
 
     python benchmarks/grpo_step.py                       # ivr vs TRL, 10 warm steps each
-    python benchmarks/grpo_step.py --ivr                 # + IVR step vs plain GRPO step
+    python benchmarks/grpo_step.py --ivr                 # + IVR/GRPO: worst case, demo setting
     python benchmarks/grpo_step.py --beta 0.04 --micro 8 --append
 
 The last line is ``ratio ivr/TRL (s/step): X`` (median step time of ivr over TRL's).
