@@ -25,6 +25,15 @@ step with ``--ivr``), timed around ``Trainer.step``. Interleaving step by step m
 from other processes hits both sides alike. The first ``--warmup`` steps of each are discarded;
 medians of the next ``--steps`` are reported (means in brackets).
 
+IVR-R1 vs GRPO (``--ivr``), two settings in the same run, each an ivr GRPO trainer and an ivr
+IVR-R1 trainer (k = 2, T = 3) interleaved with the rest: the **worst case** — the shapes above,
+every completion (critiques included) exactly ``--max-new-tokens`` long, and since a random model
+is never right every job runs all T rounds; and the **demo setting** (``DEMO``) — the demo's
+shapes (16 prompts × G, rollouts of up to 96 tokens, critiques of up to 64) with completions that
+end at eos with the demo's mean length (``eos_at_rate``), still nothing accepted (the demo
+accepted ~11 % of its jobs, so this is a little harsher than the demo). Printed:
+``ratio IVR/GRPO, worst case`` and ``ratio IVR/GRPO, demo setting``.
+
 Memory: after the timed steps, ``--mem-steps`` more steps of each run with a sampling thread that
 reads glibc's ``mallinfo2`` (bytes in use: arenas + mmapped chunks, which is where torch's CPU
 allocator gets its memory) every ~0.5 ms; reported is the peak in-use heap during the step minus
@@ -33,7 +42,7 @@ gradients, generation caches), not the weights and optimiser state that both hol
 Process peak RSS (``ru_maxrss``) is printed too, for both together.
 
     python benchmarks/grpo_step.py                       # ivr vs TRL, 10 warm steps each
-    python benchmarks/grpo_step.py --ivr                 # + IVR step vs plain GRPO step
+    python benchmarks/grpo_step.py --ivr                 # + IVR/GRPO: worst case, demo setting
     python benchmarks/grpo_step.py --beta 0.04 --micro 8 --append
 
 The last line is ``ratio ivr/TRL (s/step): X`` (median step time of ivr over TRL's).
@@ -55,6 +64,10 @@ import warnings
 from pathlib import Path
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
+#: The demo's setting (``ivr demo``, configs/ivr_tiny.yaml; runs/full measured a mean completion
+#: of 54 tokens of 96): 16 prompts × G, rollouts of up to 96 tokens, critiques of up to 64, and an
+#: eos probability per token that gives that mean under the 96 cap (geometric: 1/75 → 54.2).
+DEMO = {"prompts": 16, "max_new_tokens": 96, "critique_tokens": 64, "eos_rate": 1 / 75}
 QUESTION = "What colour is the shape in the image?"
 COLOURS = {
     "red": (220, 30, 30),
@@ -191,9 +204,47 @@ def fixed_length(policy) -> None:
     policy._suppressed_t = torch.tensor(policy._suppressed, dtype=torch.long)
 
 
-def build_ivr(args, model_dir: Path, samples, out: Path, ivr: bool, *, policy=None, extra=()):
+def eos_at_rate(policy, rate: float) -> None:
+    """Completions that end like the demo's: the first eos id gets probability ``rate`` at every
+    position (its logit set to logsumexp(others) + log(rate / (1 − rate)), a forward hook on the
+    LM head, so sampling and scoring see the same distribution): lengths are geometric, mean
+    (1 − (1 − rate)^L) / rate for a cap of L tokens."""
+    import math
+
+    import torch
+
+    eos = policy.eos_token_ids[0]
+    head = policy.model.get_output_embeddings()
+
+    def hook(module, inputs, logits):
+        others = logits.index_fill(-1, torch.tensor([eos], device=logits.device), float("-inf"))
+        value = torch.logsumexp(others, -1, keepdim=True) + math.log(rate / (1 - rate))
+        return logits.index_copy(-1, torch.tensor([eos], device=logits.device), value)
+
+    head.register_forward_hook(hook)
+
+
+def build_ivr(
+    args,
+    model_dir: Path,
+    samples,
+    out: Path,
+    ivr: bool,
+    *,
+    policy=None,
+    extra=(),
+    prompts: int | None = None,
+    max_new_tokens: int | None = None,
+    critique_tokens: int | None = None,
+    eos_rate: float | None = None,
+):
     """ivr's Trainer on the benchmark's work. ``policy`` (default: loaded from ``model_dir`` on
-    the CPU in float32) and ``extra`` config overrides let other benchmarks reuse it."""
+    the CPU in float32) and ``extra`` config overrides let other benchmarks reuse it. The shapes
+    default to ``args``'; ``eos_rate`` lets completions end (``eos_at_rate``) instead of running
+    exactly ``max_new_tokens``."""
+    prompts = prompts or args.prompts
+    max_new_tokens = max_new_tokens or args.max_new_tokens
+    critique_tokens = critique_tokens or max_new_tokens
     from ivr.config import load_config
     from ivr.models.policy import Policy
     from ivr.rl.trainer import Trainer
@@ -203,11 +254,11 @@ def build_ivr(args, model_dir: Path, samples, out: Path, ivr: bool, *, policy=No
         "model.device=cpu",
         f"train.output_dir={out}",
         "train.steps=1000000",
-        f"train.prompts_per_step={args.prompts}",
+        f"train.prompts_per_step={prompts}",
         "train.save_every=0",
         f"train.threads={args.threads}",
         f"rollout.group_size={args.group}",
-        f"rollout.max_new_tokens={args.max_new_tokens}",
+        f"rollout.max_new_tokens={max_new_tokens}",
         "rollout.temperature=1.0",
         "rollout.top_p=1.0",
         f"algo.lr={args.lr}",
@@ -218,13 +269,16 @@ def build_ivr(args, model_dir: Path, samples, out: Path, ivr: bool, *, policy=No
         "log.tensorboard=false",
         "log.jsonl=false",
         f"ivr.enabled={str(ivr).lower()}",
-        f"ivr.critique_max_new_tokens={args.max_new_tokens}",
+        f"ivr.critique_max_new_tokens={critique_tokens}",
         *extra,
     ]
     cfg = load_config(None, overrides)
     if policy is None:
         policy = Policy.from_pretrained(model_dir, device="cpu")
-    fixed_length(policy)
+    if eos_rate is None:
+        fixed_length(policy)
+    else:
+        eos_at_rate(policy, eos_rate)
     if args.no_shared_prefix:
         policy.shared_prefix = False
     return Trainer(cfg, policy=policy, samples=samples)
@@ -364,11 +418,22 @@ def main(argv: list[str] | None = None) -> int:
 
     ivr_trainer = build_ivr(args, model_dir, samples, tmp / "ivr", ivr=False)
     ivr_rect = build_ivr(args, model_dir, samples, tmp / "ivr_rect", ivr=True) if args.ivr else None
+    demo = dict(  # the demo's shapes and completion lengths (module docstring)
+        prompts=DEMO["prompts"],
+        max_new_tokens=DEMO["max_new_tokens"],
+        critique_tokens=DEMO["critique_tokens"],
+        eos_rate=DEMO["eos_rate"],
+    )
+    demo_grpo = demo_ivr = None
+    if args.ivr:
+        demo_grpo = build_ivr(args, model_dir, samples, tmp / "demo_grpo", ivr=False, **demo)
+        demo_ivr = build_ivr(args, model_dir, samples, tmp / "demo_ivr", ivr=True, **demo)
     n_params = sum(p.numel() for p in ivr_trainer.model.parameters())
-    times: dict[str, list[float]] = {"trl": [], "ivr": [], "ivr_rect": []}
-    mem: dict[str, list[int]] = {"trl": [], "ivr": [], "ivr_rect": []}
-    phases: dict[str, dict[str, list[float]]] = {"ivr": {}, "ivr_rect": {}}
-    tokens: dict[str, list[float]] = {"ivr": [], "ivr_rect": []}
+    names = ("trl", "ivr", "ivr_rect", "demo_grpo", "demo_ivr")
+    times: dict[str, list[float]] = {k: [] for k in names}
+    mem: dict[str, list[int]] = {k: [] for k in names}
+    phases: dict[str, dict[str, list[float]]] = {k: {} for k in names[1:]}
+    tokens: dict[str, list[float]] = {k: [] for k in names[1:]}
     sampler_kind = HeapSampler().kind
 
     def run_ivr(name: str, trainer, k: int, record: bool, measure_mem: bool) -> None:
@@ -412,6 +477,8 @@ def main(argv: list[str] | None = None) -> int:
             self.k += 1
             run_ivr("ivr", ivr_trainer, self.k, record, self.measure_mem)
             run_ivr("ivr_rect", ivr_rect, self.k, record, self.measure_mem)
+            run_ivr("demo_grpo", demo_grpo, self.k, record, self.measure_mem)
+            run_ivr("demo_ivr", demo_ivr, self.k, record, self.measure_mem)
 
     trl_trainer = build_trl(
         args,
@@ -498,7 +565,17 @@ def main(argv: list[str] | None = None) -> int:
     ]
     if args.ivr:
         out.append(f"IVR phases (median s): {phase_line('ivr_rect')}")
-        out.append(f"ratio IVR/GRPO (s/step): {t_rect / t_ivr:.2f}")
+        (t_dg, m_dg), (t_di, m_di) = _stats(times["demo_grpo"]), _stats(times["demo_ivr"])
+        out += [
+            f"demo setting ({DEMO['prompts']} prompts × G={args.group}, rollout "
+            f"{DEMO['max_new_tokens']} / critique {DEMO['critique_tokens']} tokens, eos rate "
+            f"{DEMO['eos_rate']:.4f}): GRPO {t_dg:.3f} ({m_dg:.3f}) s/step, mean completion "
+            f"{statistics.fmean(tokens['demo_grpo']):.1f}; IVR-R1 {t_di:.3f} ({m_di:.3f}) s/step",
+            f"demo GRPO phases (median s): {phase_line('demo_grpo')}",
+            f"demo IVR phases (median s): {phase_line('demo_ivr')}",
+            f"ratio IVR/GRPO, worst case (s/step): {t_rect / t_ivr:.2f}",
+            f"ratio IVR/GRPO, demo setting (s/step): {t_di / t_dg:.2f}",
+        ]
     out += [
         f"process peak RSS (all trainers together): {rss:.0f} MB",
         f"ratio ivr/TRL (step peak Δ memory): {peak('ivr') / peak('trl'):.2f}",

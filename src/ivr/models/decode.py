@@ -20,6 +20,7 @@ forward ("Image features and image tokens do not match").
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +33,7 @@ from transformers import (
     TopKLogitsWarper,
     TopPLogitsWarper,
 )
+from transformers.cache_utils import DynamicLayer
 
 from ivr.models.kv_cache import cache_kwarg, output_cache
 from ivr.types import Generation, Prompt
@@ -39,7 +41,12 @@ from ivr.types import Generation, Prompt
 if TYPE_CHECKING:
     from ivr.models.policy import Policy
 
-__all__ = ["decode", "generate", "has_vision_fields", "prefill", "to_generation"]
+__all__ = ["VisionMemo", "decode", "generate", "has_vision_fields", "prefill", "to_generation"]
+
+
+#: ``decode`` drops the finished rows from its batch once this share of it has finished (each
+#: drop copies the KV cache once; > 1 never drops).
+DROP_FINISHED = 0.25
 
 
 class _SamplingProcessor(LogitsProcessor):
@@ -74,10 +81,13 @@ class _SamplingProcessor(LogitsProcessor):
             scores = warp(input_ids, scores)
         return scores
 
-    def sample(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def sample(
+        self, logits: torch.Tensor, u: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """One step of ``decode``: [N, V] raw logits → ([N] token, [N] log π_T(token)).
         The same distribution as HF sampling after ``__call__``, drawn by inverse CDF: one
-        uniform per row (HF's multinomial draws an exponential per vocabulary entry)."""
+        uniform per row (HF's multinomial draws an exponential per vocabulary entry); ``u``
+        ([N, 1] in [0, 1)) gives them, drawn here otherwise."""
         scores = logits.float().index_fill(1, self.suppressed.to(logits.device), float("-inf"))
         scores = scores / self.temperature
         logp = torch.log_softmax(scores, dim=-1)
@@ -87,7 +97,11 @@ class _SamplingProcessor(LogitsProcessor):
             for warp in self.warpers:
                 scores = warp(None, scores)
             cdf = torch.softmax(scores, dim=-1).cumsum(-1)
-            u = torch.rand(len(cdf), 1, device=cdf.device, generator=self.generator)
+            u = (
+                torch.rand(len(cdf), 1, device=cdf.device, generator=self.generator)
+                if u is None
+                else u.to(cdf.device)
+            )
             u = u * cdf[:, -1:]
             # right=True: the first index whose cdf exceeds u, so zero-mass tokens are never drawn
             token = torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_(max=cdf.shape[1] - 1)
@@ -131,7 +145,8 @@ def generate(
         if seed is not None:  # a private generator: the same draws as torch.manual_seed(seed),
             # and thread-safe (fork_rng swaps the process-wide state; rollout/overlap.py)
             recorder.generator = torch.Generator(policy.device).manual_seed(seed)
-        new, logprobs = decode(policy, batch, rope_index, recorder, copies, max_new_tokens)
+        images = [im for p in prompts for im in p.images]
+        new, logprobs = decode(policy, batch, rope_index, recorder, copies, max_new_tokens, images)
     else:
         sampling = {"temperature": 1.0, "top_k": 0, "top_p": 1.0} if not greedy else {}
         config = GenerationConfig(  # temperature/top-k/top-p are applied by the recorder
@@ -170,17 +185,21 @@ def decode(
     recorder: _SamplingProcessor,
     copies: int,
     max_new_tokens: int,
+    images: Sequence[Any] = (),
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sampling loop for 3-D rope (Qwen-VL) models: each prompt is prefilled ONCE, images
-    included, and its KV cache gathered for its ``copies`` samples; then one forward per
-    token for all rows. Same distribution and recorded logprobs as HF ``generate`` with the
-    same recorder (tested: training logprobs agree to 1e-5), less work: no G-fold prefill,
-    no per-step HF bookkeeping, inverse-CDF sampling (one uniform per row instead of a
-    vocabulary of exponentials). Returns ([N, L] new token ids, pad after eos; [N, L]
-    log π_T of each), N = prompts × copies, rows of a prompt adjacent.
+    included (each distinct image encoded once, ``prefill``), and its KV cache gathered for its
+    ``copies`` samples; then one forward per token for the rows still running. Same distribution
+    and recorded logprobs as HF ``generate`` with the same recorder (tested: training logprobs
+    agree to 1e-5), less work: no G-fold prefill, no per-step HF bookkeeping, inverse-CDF
+    sampling (one uniform per row instead of a vocabulary of exponentials), and finished rows
+    dropped from the batch (their cache rows too) once ``DROP_FINISHED`` of it has finished. The
+    uniforms are still drawn for every row at every step, so a seeded run draws the same tokens
+    whether rows are dropped or not. Returns ([N, L] new token ids, pad after eos; [N, L]
+    log π_T of each, 0 after eos), N = prompts × copies, rows of a prompt adjacent.
     """
     dev = policy.device
-    positions, out = prefill(policy, batch, rope_index)
+    positions, out = prefill(policy, batch, rope_index, images)
     cache, cache_kw = output_cache(out), cache_kwarg(policy.model)  # cache= from 5.24 on
     rows = torch.arange(batch["input_ids"].shape[0], device=dev).repeat_interleave(copies)
     if copies > 1:
@@ -192,29 +211,117 @@ def decode(
     )
     start = (positions.amax(dim=(0, 2)) + 1)[rows]  # [N] position of the first new token
     eos = torch.tensor(policy.eos_token_ids, device=dev)
-    done = torch.zeros(n, dtype=torch.bool, device=dev)
-    tokens, logprobs = [], []
+    tokens = torch.full((n, max_new_tokens), policy.pad_token_id, dtype=torch.long, device=dev)
+    logprobs = torch.zeros(n, max_new_tokens, device=dev)
+    cache = _preallocated(cache, max_new_tokens)
+    live = torch.arange(n, device=dev)  # the rows in the decode batch (cache, logits, mask)
+    running = torch.ones(n, dtype=torch.bool, device=dev)  # per live row: no eos yet
+    steps = 0
     for t in range(max_new_tokens):
-        token, logprob = recorder.sample(logits)
-        token = token.masked_fill(done, policy.pad_token_id)
-        tokens.append(token)
-        logprobs.append(logprob)
-        done |= torch.isin(token, eos)
-        if t == max_new_tokens - 1 or bool(done.all()):
+        u = (
+            None
+            if recorder.greedy
+            else torch.rand(n, 1, device=dev, generator=recorder.generator)[live]
+        )  # n draws, always
+        token, logprob = recorder.sample(logits, u)
+        token = token.masked_fill(~running, policy.pad_token_id)
+        tokens[live, t] = token
+        logprobs[live, t] = logprob.masked_fill(~running, 0.0)
+        running &= ~torch.isin(token, eos)
+        steps = t + 1
+        n_live = int(running.sum())
+        if t == max_new_tokens - 1 or n_live == 0:
             break
-        pos = (start + t).view(1, n, 1).expand(positions.shape[0], n, 1)
-        out = policy.model(
-            input_ids=token[:, None],
-            attention_mask=mask[:, : P + t + 1],
-            position_ids=pos,
-            **{cache_kw: cache},
-            use_cache=True,
-            logits_to_keep=1,
-        )
+        if len(live) - n_live >= max(1, int(len(live) * DROP_FINISHED)):  # drop finished rows
+            keep = running.nonzero().squeeze(1)
+            cache.batch_select_indices(keep)
+            live, running, token = live[keep], running[keep], token[keep]
+        pos = (start[live] + t).view(1, len(live), 1).expand(positions.shape[0], len(live), 1)
+        with _masked_gqa(dev):
+            out = policy.model(
+                input_ids=token[:, None],
+                attention_mask=mask[live, : P + t + 1],
+                position_ids=pos,
+                **{cache_kw: cache},
+                use_cache=True,
+                logits_to_keep=1,
+            )
         logits = out.logits[:, -1]
-    if not tokens:
-        return torch.zeros(n, 0, dtype=torch.long), torch.zeros(n, 0)
-    return torch.stack(tokens, 1), torch.stack(logprobs, 1)
+    return tokens[:, :steps], logprobs[:, :steps]
+
+
+def _fingerprint(px: torch.Tensor) -> tuple[torch.Size, torch.Tensor, torch.Tensor]:
+    """Cheap identity of an image's patches: shape, every 64th patch, and the total."""
+    return px.shape, px[::64].clone(), px.sum()
+
+
+def _same_pixels(fp: tuple[torch.Size, torch.Tensor, torch.Tensor], px: torch.Tensor) -> bool:
+    return fp[0] == px.shape and torch.equal(fp[1], px[::64]) and bool(fp[2] == px.sum())
+
+
+class _GrowLayer(DynamicLayer):
+    """A ``DynamicLayer`` whose keys/values live in a buffer allocated once for the whole decode
+    (prompt + ``room`` tokens): a step writes one position instead of concatenating (copying)
+    the whole cache, and ``keys``/``values`` are views of the filled part. Same values."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, room: int):
+        super().__init__()
+        b, h, length, d = keys.shape
+        self.buf_k = keys.new_empty(b, h, length + room, d)
+        self.buf_v = values.new_empty(b, values.shape[1], length + room, values.shape[3])
+        self.buf_k[:, :, :length] = keys
+        self.buf_v[:, :, :length] = values
+        self.length = length
+        self.device, self.is_initialized = keys.device, True
+        self._views()
+
+    def _views(self) -> None:
+        self.keys = self.buf_k[:, :, : self.length]
+        self.values = self.buf_v[:, :, : self.length]
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        new = key_states.shape[-2]
+        self.buf_k[:, :, self.length : self.length + new] = key_states
+        self.buf_v[:, :, self.length : self.length + new] = value_states
+        self.length += new
+        self._views()
+        return self.keys, self.values
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self.buf_k, self.buf_v = self.buf_k[indices], self.buf_v[indices]
+        self._views()
+
+
+def _preallocated(cache: Any, room: int) -> Any:
+    """``cache`` with its plain ``DynamicLayer``s moved into ``_GrowLayer`` buffers with room for
+    ``room`` more tokens (left as it is when it holds any other kind of layer)."""
+    layers = getattr(cache, "layers", None)
+    if not layers or any(
+        type(layer) is not DynamicLayer or not layer.is_initialized for layer in layers
+    ):
+        return cache
+    cache.layers = [_GrowLayer(layer.keys, layer.values, room) for layer in layers]
+    return cache
+
+
+@contextlib.contextmanager
+def _masked_gqa(device: torch.device) -> Iterator[None]:
+    """On the CPU, let transformers' SDPA attention run grouped-query attention with a padding
+    mask natively (``enable_gqa``) instead of first copying the KV cache once per query head
+    group (``repeat_kv``): same arithmetic, no per-step copy. transformers only does it there
+    when ``TRANSFORMERS_SDPA_FORCE_GQA=1`` (on CUDA a mask would push SDPA to its math kernel,
+    so it is left alone)."""
+    if device.type != "cpu" or os.environ.get(_FORCE_GQA) is not None:
+        yield
+        return
+    os.environ[_FORCE_GQA] = "1"
+    try:
+        yield
+    finally:
+        os.environ.pop(_FORCE_GQA, None)
+
+
+_FORCE_GQA = "TRANSFORMERS_SDPA_FORCE_GQA"
 
 
 def to_generation(policy: Policy, ids: torch.Tensor, logprobs: torch.Tensor) -> Generation:
@@ -233,18 +340,114 @@ def to_generation(policy: Policy, ids: torch.Tensor, logprobs: torch.Tensor) -> 
     return Generation(text=text, token_ids=tuple(ids_list), logprobs=tuple(lp), finished=finished)
 
 
-def prefill(policy: Policy, batch: BatchFeature, rope_index: Any) -> tuple[torch.Tensor, Any]:
+def prefill(
+    policy: Policy, batch: BatchFeature, rope_index: Any, images: Sequence[Any] = ()
+) -> tuple[torch.Tensor, Any]:
     """Run each prompt once (vision tower included) with the 3-D rope positions the model
-    itself would compute, keeping the KV cache: → (positions [3, U, P], model output)."""
+    itself would compute, keeping the KV cache: → (positions [3, U, P], model output).
+
+    ``images`` (the prompts' images in batch order; sampling only, under ``no_grad``): each
+    distinct image is encoded once and its features kept for the next calls while the vision
+    weights are unchanged (``VisionMemo``: IVR's critique and rectify prompts of a step carry
+    the same images, round after round)."""
     positions, _ = rope_index(
         batch["input_ids"],
         mm_token_type_ids=batch["mm_token_type_ids"],
         image_grid_thw=batch["image_grid_thw"],
         attention_mask=batch["attention_mask"],
     )
+    inputs = dict(batch)
+    memo = VisionMemo.of(policy) if images and not torch.is_grad_enabled() else None
+    if (
+        memo is not None
+        and "pixel_values" in inputs
+        and len(images) == len(batch["image_grid_thw"])
+    ):
+        features = memo.features(policy, images, inputs["pixel_values"], batch["image_grid_thw"])
+        if features is not None:
+            del inputs["pixel_values"]
+            inputs["mm_encoder_outputs"] = {"image": features}
     return positions, policy.model(
-        **batch, position_ids=positions, use_cache=True, logits_to_keep=1
+        **inputs, position_ids=positions, use_cache=True, logits_to_keep=1
     )
+
+
+class VisionMemo:
+    """Image features per image, reused across sampling calls while the vision weights stay
+    the same (the weights' in-place version counters, bumped by every optimiser step or
+    ``load_state_dict``, are the key) and the image is the same object with the same pixels
+    (a strided 1/64 sample of its patches and their sum, re-checked on every hit).
+
+    Attached to a ``Policy`` (``VisionMemo.of``) where the model takes precomputed features
+    (``mm_encoder_outputs``) and ``Policy.share_image_features`` is on (off under FSDP, where
+    the tower must run inside the sharded forward). Holds at most ``capacity`` images (the
+    oldest go first): enough for a step's prompts; each held image costs its visual tokens ×
+    hidden size on the device (a 7B Qwen2.5-VL at 1,280 tokens: ~9 MB in bf16).
+    """
+
+    capacity = 64
+
+    def __init__(self) -> None:
+        self.version: tuple[int, ...] = ()
+        self.entries: dict[int, tuple[Any, Any, Any]] = {}  # id → (image, fingerprint, feats)
+        self.encoded = 0  # images run through the tower (for tests and profiling)
+
+    @classmethod
+    def of(cls, policy: Policy) -> VisionMemo | None:
+        if not (policy.share_image_features and policy.reuse_vision_features):
+            return None
+        memo = policy.__dict__.get("_vision_memo")
+        if memo is None:
+            from ivr.models.score import _takes_encoder_outputs
+
+            memo = cls() if _takes_encoder_outputs(policy) else False
+            policy.__dict__["_vision_memo"] = memo
+        return memo or None
+
+    def features(
+        self, policy: Policy, images: Sequence[Any], pixels: torch.Tensor, grid: torch.Tensor
+    ) -> Any:
+        """Encoder outputs for ``images`` (one per row of ``grid``, patches of each in order in
+        ``pixels``), the tower run only on the images not already held."""
+        base = policy._base_model()
+        visual = getattr(getattr(base, "model", base), "visual", None)
+        if visual is None:
+            return None
+        version = tuple(p._version for p in visual.parameters())
+        if version != self.version:
+            self.version, self.entries = version, {}
+        sizes = grid.prod(-1).tolist()
+        offsets = [sum(sizes[:i]) for i in range(len(sizes))]
+        todo: dict[int, int] = {}  # id(image) → first index among ``images`` needing the tower
+        for i, im in enumerate(images):
+            hit = self.entries.get(id(im))
+            px = pixels[offsets[i] : offsets[i] + sizes[i]]
+            if hit is not None and hit[0] is im and _same_pixels(hit[1], px):
+                continue
+            todo.setdefault(id(im), i)
+        if todo:
+            idx = list(todo.values())
+            px = torch.cat([pixels[offsets[i] : offsets[i] + sizes[i]] for i in idx])
+            feats = base.get_image_features(px, grid[idx], return_dict=True)
+            self.encoded += len(idx)
+            deep = getattr(feats, "deepstack_features", None)
+            for j, i in enumerate(idx):
+                per = (feats.pooler_output[j], None if deep is None else [d[j] for d in deep])
+                self.entries[id(images[i])] = (
+                    images[i],
+                    _fingerprint(pixels[offsets[i] : offsets[i] + sizes[i]]),
+                    per,
+                )
+            self._kind = type(feats)
+            while len(self.entries) > self.capacity:
+                self.entries.pop(next(iter(self.entries)))
+        per = [self.entries[id(im)][2] for im in images]
+        fields: dict[str, Any] = {"pooler_output": tuple(p[0] for p in per)}
+        if per and per[0][1] is not None:
+            fields["deepstack_features"] = [
+                tuple(p[1][layer] for p in per) for layer in range(len(per[0][1]))
+            ]
+        return self._kind(**fields)
 
 
 def has_vision_fields(batch: BatchFeature) -> bool:

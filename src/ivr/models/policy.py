@@ -113,6 +113,10 @@ class Policy:
     # (``mm_encoder_outputs``). Off under FSDP, where the vision tower may only run inside the
     # sharded root's forward (rl/sharding.py): each row then re-encodes its image.
     share_image_features: bool = True
+    # Sampling keeps each image's features while the vision weights are unchanged
+    # (``decode.VisionMemo``): IVR's critique and rectify prompts of a step reuse them round
+    # after round. Needs ``share_image_features``.
+    reuse_vision_features: bool = True
 
     def __init__(self, model: torch.nn.Module, processor: Any):
         if not hasattr(processor, "tokenizer") or not hasattr(processor, "image_processor"):

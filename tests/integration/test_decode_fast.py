@@ -1,0 +1,106 @@
+"""The cheaper sampling of IVR's loop (issue 15, item 5): finished rows leave the decode batch and
+image features are reused across calls — the same tokens, the same recorded log π, less work."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+
+from ivr.models import decode
+from ivr.models.policy import chat_prompt
+
+
+def eos_biased(policy, bias: float = 4.0):
+    """Make eos likely, so rows end at different lengths (a random model rarely ends)."""
+    eos = torch.tensor([policy.eos_token_ids[0]])
+    return policy.model.get_output_embeddings().register_forward_hook(
+        lambda m, i, out: out.index_add(-1, eos, torch.full((*out.shape[:-1], 1), bias))
+    )
+
+
+@pytest.fixture
+def prompts():
+    ims = [Image.new("RGB", (56 + 28 * (i % 3), 56), (50 * i, 90, 200 - 30 * i)) for i in range(4)]
+    return [chat_prompt(f"question {i}: {'the shape ' * (i % 4)}?", [ims[i % 4]]) for i in range(7)]
+
+
+def _run(policy, prompts, **kw):
+    return [
+        [(g.token_ids, torch.tensor(g.logprobs)) for g in gs]
+        for gs in policy.generate(prompts, max_new_tokens=32, **kw)
+    ]
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(temperature=0),
+        dict(temperature=1.0, seed=3),
+        dict(temperature=0.8, top_p=0.9, num_return_sequences=3, seed=4),
+    ],
+    ids=["greedy", "sample", "group-top-p"],
+)
+def test_dropping_finished_rows_changes_nothing(policy, prompts, monkeypatch, kw):
+    hook = eos_biased(policy)
+    try:
+        dropped = _run(policy, prompts, **kw)
+        monkeypatch.setattr(decode, "DROP_FINISHED", 2.0)  # never drop
+        kept = _run(policy, prompts, **kw)
+    finally:
+        hook.remove()
+    lengths = {len(ids) for gs in dropped for ids, _ in gs}
+    assert len(lengths) > 2  # rows did finish at different steps
+    for a, b in zip(dropped, kept):
+        for (ids_a, lp_a), (ids_b, lp_b) in zip(a, b):
+            assert ids_a == ids_b  # the same uniforms are drawn: the same tokens
+            torch.testing.assert_close(
+                lp_a, lp_b, atol=2e-5, rtol=0
+            )  # float32: batch shape changes the sums
+
+
+def test_vision_features_reused_until_the_weights_change(policy, prompts):
+    memo = decode.VisionMemo.of(policy)
+    assert memo is not None
+    first = _run(policy, prompts, temperature=0)
+    encoded = memo.encoded
+    again = _run(policy, prompts, temperature=0)  # the same image objects: no tower run
+    assert memo.encoded == encoded
+    for a, b in zip(first, again):
+        assert a[0][0] == b[0][0]
+        torch.testing.assert_close(a[0][1], b[0][1], atol=1e-6, rtol=0)
+    policy.reuse_vision_features = False
+    try:
+        plain = _run(policy, prompts, temperature=0)  # the tower on every image, as before
+    finally:
+        del policy.reuse_vision_features
+    for a, b in zip(first, plain):
+        assert a[0][0] == b[0][0]
+        torch.testing.assert_close(
+            a[0][1], b[0][1], atol=2e-5, rtol=0
+        )  # float32: batch shape changes the sums
+    # an optimiser step on the vision tower bumps its version counters: features recomputed
+    visual = policy._base_model().model.visual
+    params = [p for p in visual.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=0.0)
+    for p in params:
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    _run(policy, prompts[:2], temperature=0)
+    assert memo.encoded == encoded + 2
+
+
+def test_preallocated_cache_and_native_gqa_change_nothing(policy, prompts, monkeypatch):
+    hook = eos_biased(policy)
+    try:
+        fast = _run(policy, prompts, temperature=1.0, seed=11)
+        monkeypatch.setattr(decode, "_preallocated", lambda cache, room: cache)  # torch.cat
+        monkeypatch.setenv("TRANSFORMERS_SDPA_FORCE_GQA", "0")  # repeat_kv, as before
+        plain = _run(policy, prompts, temperature=1.0, seed=11)
+    finally:
+        hook.remove()
+    for a, b in zip(fast, plain):
+        assert a[0][0] == b[0][0]
+        torch.testing.assert_close(
+            a[0][1], b[0][1], atol=2e-5, rtol=0
+        )  # float32: batch shape changes the sums
