@@ -47,7 +47,7 @@ Where each knob comes from:
   tokens of the batch"), "dr_grpo" (Dr.GRPO, Liu et al. 2025, arXiv:2503.20783: a constant
   normaliser removes the length bias).
 
-Presets (a "loss type" is just parameters; see ``LOSS_PRESETS``, which is ``config.ALGO_PRESETS``
+Presets (a "loss type" is just parameters; see ``LOSS_PRESETS``, which is ``presets.ALGO_PRESETS``
 — what ``algo.name`` selects — as keyword arguments; ``scale`` is ``group_advantages``'s):
 
     grpo       clip 0.2/0.2,  aggregation="token",    kl_beta=0.0,  scale=True  (IVR-R1 A.1)
@@ -68,7 +68,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from ..config import ALGO_PRESETS, IVRConfig
+from ..config import IVRConfig
+from ..presets import ALGO_PRESETS
 
 __all__ = [
     "LOSS_PRESETS",
