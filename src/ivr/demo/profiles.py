@@ -97,7 +97,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     | dict(
         rl_steps=120,
         eval_samples=4,
-        methods=("grpo", "resample", "ivr", "ivr_desc"),
+        methods=("grpo", "resample", "ivr", "ivr_desc", "sr1"),
         seeds=3,
         ablation_seeds=1,
         rereason_n=300,
