@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 import torch
-from tiny_runs import cfg_for
+from tiny_runs import cfg_for, first_token_probs, preferred_token_trainer
 
 from ivr.rewards.scorer import Score
 from ivr.rl.trainer import Trainer
@@ -103,33 +103,10 @@ def test_kill_and_resume_with_dynamic_sampling(
 
 
 def _target_run(tmp_path, tiny_qwen25_dir, colour_world, *extra):
-    """The "preferred first token" learning run of test_trainer.py with ``extra`` switches."""
-    from test_trainer import first_token_probs
-
-    cfg = cfg_for(
-        tmp_path,
-        tiny_qwen25_dir,
-        "train.steps=6",
-        "rollout.group_size=8",
-        "rollout.max_new_tokens=3",
-        "train.save_every=0",
-        "reward.format_weight=0.0",
-        *extra,
+    """The shared "preferred first token" learning run with ``extra`` switches."""
+    trainer, target, before = preferred_token_trainer(
+        tmp_path, tiny_qwen25_dir, colour_world, *extra
     )
-    trainer = Trainer(cfg, samples=colour_world[:1] * 2)
-    before = first_token_probs(trainer.policy, colour_world[0])
-    tok = trainer.policy.tokenizer
-    target = next(
-        int(i)
-        for i in before.argsort(descending=True)[1:]
-        if tok.decode([int(i)]).strip().isalnum() and 0.01 < before[i] < 0.2
-    )
-    word = tok.decode([target])
-
-    def prefers_target(completions, **_):
-        return [1.0 if c.startswith(word) else 0.0 for c in completions]
-
-    trainer.scorer = replace(trainer.scorer, extra=((prefers_target, 1.0),))
     return trainer, before, target, lambda: first_token_probs(trainer.policy, colour_world[0])
 
 

@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import replace
 
 import pytest
 import torch
-from test_trainer import first_token_probs
-from tiny_runs import cfg_for
+from tiny_runs import cfg_for, first_token_probs, preferred_token_trainer
 
 from ivr.models.policy import Policy
 from ivr.rl.trainer import Trainer
@@ -134,33 +132,12 @@ def test_overlapped_grpo_raises_the_preferred_tokens_probability(
 ) -> None:
     """The learning test of test_trainer.py with train.staleness=1: π_old = the stale sampler's
     logprobs (no recompute), so the ratio is π_θ / π_{t−2} and the clip is centred on it."""
-    cfg = cfg_for(
-        tmp_path,
-        tiny_qwen25_dir,
-        "train.steps=6",
-        "rollout.group_size=8",
-        "rollout.max_new_tokens=3",
-        "train.save_every=0",
-        "reward.format_weight=0.0",
-        "train.staleness=1",
+    trainer, target, before = preferred_token_trainer(
+        tmp_path, tiny_qwen25_dir, colour_world, "train.staleness=1"
     )
-    trainer = Trainer(cfg, samples=colour_world[:1] * 2)
-    before = first_token_probs(trainer.policy, colour_world[0])
-    tok = trainer.policy.tokenizer
-    target = next(
-        int(i)
-        for i in before.argsort(descending=True)[1:]
-        if tok.decode([int(i)]).strip().isalnum() and 0.01 < before[i] < 0.2
-    )
-    word = tok.decode([target])
-
-    def prefers_target(completions, **_):
-        return [1.0 if c.startswith(word) else 0.0 for c in completions]
-
-    trainer.scorer = replace(trainer.scorer, extra=((prefers_target, 1.0),))
     trainer.train()
     after = first_token_probs(trainer.policy, colour_world[0])
-    assert after[target] > 2 * before[target], (word, before[target].item(), after[target].item())
+    assert after[target] > 2 * before[target], (before[target].item(), after[target].item())
     m = metrics(tmp_path)
     assert sum(r["rollout/prefetched"] for r in m) == 5  # steps 2–6 came from the worker
     rewards = [r["reward/mean"] for r in m]

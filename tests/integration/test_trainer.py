@@ -9,13 +9,11 @@ from dataclasses import replace
 import pytest
 import torch
 from PIL import Image
-from tiny_runs import cfg_for
+from tiny_runs import cfg_for, first_token_probs, preferred_token_trainer
 
 from ivr.data.prompts import PromptSet, question_prompt
-from ivr.models.policy import Policy
 from ivr.rewards.scorer import Score
 from ivr.rl.trainer import Trainer
-from ivr.types import Sample
 
 
 def first_wrong_then_right():
@@ -31,47 +29,14 @@ def first_wrong_then_right():
     return score
 
 
-def first_token_probs(policy: Policy, sample: Sample) -> torch.Tensor:
-    """π(first completion token | original prompt), over the vocabulary."""
-    from ivr.data.images import load_image
-
-    prompt = question_prompt(sample, [load_image(p) for p in sample.images], PromptSet())
-    with torch.no_grad():
-        logits = policy.model(**policy.encode([prompt])).logits[0, -1]
-    return logits.float().softmax(-1)
-
-
 def test_grpo_steps_raise_the_preferred_tokens_probability(
     tmp_path, tiny_qwen25_dir, colour_world
 ) -> None:
-    cfg = cfg_for(
-        tmp_path,
-        tiny_qwen25_dir,
-        "train.steps=6",
-        "rollout.group_size=8",
-        "rollout.max_new_tokens=3",
-        "train.save_every=0",
-        "reward.format_weight=0.0",
-    )
-    trainer = Trainer(cfg, samples=colour_world[:1] * 2)
-    before = first_token_probs(trainer.policy, colour_world[0])
-    # Target: a plain alphanumeric token the random model already samples now and then (p ~ 5%).
-    tok = trainer.policy.tokenizer
-    target = next(
-        int(i)
-        for i in before.argsort(descending=True)[1:]
-        if tok.decode([int(i)]).strip().isalnum() and 0.01 < before[i] < 0.2
-    )
-    word = tok.decode([target])
-
-    def prefers_target(completions, **_):
-        return [1.0 if c.startswith(word) else 0.0 for c in completions]
-
-    trainer.scorer = replace(trainer.scorer, extra=((prefers_target, 1.0),))
+    trainer, target, before = preferred_token_trainer(tmp_path, tiny_qwen25_dir, colour_world)
     trainer.train()
     after = first_token_probs(trainer.policy, colour_world[0])
     # A real learning signal: the rewarded token becomes clearly more likely (not just "changed").
-    assert after[target] > 2 * before[target], (word, before[target].item(), after[target].item())
+    assert after[target] > 2 * before[target], (before[target].item(), after[target].item())
     rows = [
         json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     ]

@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import replace
 
 import pytest
 import torch
-from test_trainer import first_token_probs
-from tiny_runs import cfg_for
+from tiny_runs import cfg_for, first_token_probs, preferred_token_trainer
 
 from ivr.models.policy import Policy
 from ivr.rl.trainer import Trainer
@@ -44,34 +42,11 @@ class PerturbedSampler:
 
 
 def learn_a_first_token(tmp_path, model_dir, samples, *overrides, sampler_noise=None):
-    """6 steps rewarding completions that start with one plain token the random model samples
-    now and then (p 1–20%); returns (p before, p after, the per-step metrics rows)."""
-    cfg = cfg_for(
-        tmp_path,
-        model_dir,
-        "train.steps=6",
-        "rollout.group_size=8",
-        "rollout.max_new_tokens=3",
-        "train.save_every=0",
-        "reward.format_weight=0.0",
-        *overrides,
-    )
-    trainer = Trainer(cfg, samples=samples[:1] * 2)
+    """The shared preferred-token run with ``overrides``; returns (p before, p after, the
+    per-step metrics rows)."""
+    trainer, target, before = preferred_token_trainer(tmp_path, model_dir, samples, *overrides)
     if sampler_noise is not None:
         trainer.rollout = PerturbedSampler(trainer.policy, sampler_noise)
-    before = first_token_probs(trainer.policy, samples[0])
-    tok = trainer.policy.tokenizer
-    target = next(
-        int(i)
-        for i in before.argsort(descending=True)[1:]
-        if tok.decode([int(i)]).strip().isalnum() and 0.01 < before[i] < 0.2
-    )
-    word = tok.decode([target])
-
-    def prefers_target(completions, **_):
-        return [1.0 if c.startswith(word) else 0.0 for c in completions]
-
-    trainer.scorer = replace(trainer.scorer, extra=((prefers_target, 1.0),))
     trainer.train()
     after = first_token_probs(trainer.policy, samples[0])
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
