@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 import torch
-from tiny_runs import cfg_for, first_token_probs, preferred_token_trainer
+from tiny_runs import cfg_for, first_token_probs, kill_at_step, preferred_token_trainer
 
 from ivr.rewards.scorer import Score
 from ivr.rl.trainer import Trainer
@@ -75,17 +75,7 @@ def test_kill_and_resume_with_dynamic_sampling(
 
     trainer(tmp_path / "a").train()
     killed = trainer(tmp_path / "b")
-    real_step = Trainer.step
-
-    def dying_step(self, step):
-        if step == 3:
-            raise KeyboardInterrupt  # killed in the middle of step 3
-        return real_step(self, step)
-
-    monkeypatch.setattr(Trainer, "step", dying_step)
-    with pytest.raises(KeyboardInterrupt):
-        killed.train()
-    monkeypatch.setattr(Trainer, "step", real_step)
+    kill_at_step(killed, 3, monkeypatch)  # killed in the middle of step 3
     state = json.loads((tmp_path / "b/run/checkpoints/step_000002/trainer_state.json").read_text())
     # half the prompts give flat groups: the first two steps drew extra prompts, recorded
     assert state["extra_prompts"] > 0

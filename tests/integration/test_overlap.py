@@ -7,9 +7,8 @@ from __future__ import annotations
 import copy
 import json
 
-import pytest
 import torch
-from tiny_runs import cfg_for, first_token_probs, preferred_token_trainer
+from tiny_runs import cfg_for, first_token_probs, kill_at_step, preferred_token_trainer
 
 from ivr.models.policy import Policy
 from ivr.rl.trainer import Trainer
@@ -106,17 +105,7 @@ def test_resume_from_a_checkpoint_reproduces_the_uninterrupted_overlapped_run(
     assert [r["rollout/staleness"] for r in metrics(tmp_path / "a")] == [0.0, 1.0, 0.0, 1.0]
 
     killed = Trainer(cfg_for(tmp_path / "b", tiny_qwen25_dir, *base), samples=colour_world)
-    real_step = Trainer.step
-
-    def dying_step(self, step):
-        if step == 3:
-            raise KeyboardInterrupt  # killed in step 3, step 2's prefetch of step 3 in flight
-        return real_step(self, step)
-
-    monkeypatch.setattr(Trainer, "step", dying_step)
-    with pytest.raises(KeyboardInterrupt):
-        killed.train()
-    monkeypatch.setattr(Trainer, "step", real_step)
+    kill_at_step(killed, 3, monkeypatch)  # killed in step 3, step 2's prefetch of step 3 in flight
     resumed = Trainer(
         cfg_for(tmp_path / "b", tiny_qwen25_dir, *base, "train.resume=true"), samples=colour_world
     )

@@ -9,7 +9,7 @@ from dataclasses import replace
 import pytest
 import torch
 from PIL import Image
-from tiny_runs import cfg_for, first_token_probs, preferred_token_trainer
+from tiny_runs import cfg_for, first_token_probs, kill_at_step, preferred_token_trainer
 
 from ivr.data.prompts import PromptSet, question_prompt
 from ivr.rewards.scorer import Score
@@ -52,17 +52,7 @@ def test_kill_and_resume_reproduces_the_uninterrupted_run(
     full.train()
 
     killed = Trainer(cfg_for(tmp_path / "b", tiny_qwen25_dir, *base), samples=colour_world)
-    real_step = Trainer.step
-
-    def dying_step(self, step):
-        if step == 3:
-            raise KeyboardInterrupt  # killed in the middle of step 3
-        return real_step(self, step)
-
-    monkeypatch.setattr(Trainer, "step", dying_step)
-    with pytest.raises(KeyboardInterrupt):
-        killed.train()
-    monkeypatch.setattr(Trainer, "step", real_step)
+    kill_at_step(killed, 3, monkeypatch)  # killed in the middle of step 3
     resumed = Trainer(
         cfg_for(tmp_path / "b", tiny_qwen25_dir, *base, "train.resume=true"), samples=colour_world
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
 import torch
 
 from ivr.config import load_config
@@ -75,3 +76,19 @@ def preferred_token_trainer(
 
     trainer.scorer = replace(trainer.scorer, extra=((prefers_target, 1.0),))
     return trainer, target, before
+
+
+def kill_at_step(trainer: Trainer, step: int, monkeypatch) -> None:
+    """Run ``trainer`` until it is killed (KeyboardInterrupt) at the start of ``step``, as a user's
+    Ctrl-C would; the checkpoints it saved before stay for a resume."""
+    real_step = Trainer.step
+
+    def dying_step(self, s):
+        if s == step:
+            raise KeyboardInterrupt
+        return real_step(self, s)
+
+    with monkeypatch.context() as m:
+        m.setattr(Trainer, "step", dying_step)
+        with pytest.raises(KeyboardInterrupt):
+            trainer.train()
