@@ -202,8 +202,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """``build_parser().parse_args``, except that ``a.b=c`` overrides may also come after a flag
+    (``ivr train a.b=1 --overwrite c.d=2``): argparse alone takes only the first run of
+    positionals and rejects the rest. They are appended in order, so a later one still wins."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    stray = [x for x in extra if x.startswith("-") or "=" not in x]
+    if extra and (stray or not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     from .config import ConfigError
     from .console import debug_enabled, third_party_quiet
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 
+import torch
+
 from ivr.data.synth import generate_dataset
 from ivr.eval.loaders import load_benchmark
-from ivr.eval.rereason import rereason_benchmark, rereason_markdown
+from ivr.eval.rereason import rereason_benchmark, rereason_heldout, rereason_markdown
 from ivr.eval.runner import PREDICTIONS
 from ivr.types import Generation
 
@@ -60,3 +62,24 @@ def test_rereason_curve_from_a_finished_run(tmp_path) -> None:
         table.splitlines()[2]
         == f"| synth | image | 12.5 | {100 * (1 + fixed) / 8:.1f} | {100 * (1 + fixed) / 8:.1f} |"
     )
+
+
+def test_heldout_rereason_is_seeded(tmp_path, tiny_qwen25_dir) -> None:
+    """The demo's T = 1 loop gives the same traces on a rerun, whatever drew from the process's
+    RNG before it; another seed draws other samples."""
+    data = generate_dataset(tmp_path / "world", n=12, n_test=3, seed=2, tasks=["count"], levels=[1])
+    rows = [json.loads(x) for x in (data / "test.jsonl").read_text().splitlines()]
+    eval_json = tmp_path / "eval.json"
+    eval_json.write_text(json.dumps({"ids": [r["id"] for r in rows], "responses": ["no"] * 3}))
+
+    def run(name: str, seed: int) -> list:
+        torch.rand(7)  # a different RNG state before each run
+        rereason_heldout(
+            tiny_qwen25_dir, data, eval_json, tmp_path / name, limit=3, mode="image",
+            max_new_tokens=6, rounds=1, critique_max_new_tokens=4, seed=seed,
+        )  # fmt: skip
+        return json.loads((tmp_path / name).read_text())["traces"]
+
+    first, again, other = run("a.json", 0), run("b.json", 0), run("c.json", 1)
+    assert first == again
+    assert first != other

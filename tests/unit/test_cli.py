@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ivr.cli import _load, build_parser, main
+from ivr.cli import _load, main, parse_args
 
 
 def _one_line_error(capsys) -> str:
@@ -50,14 +50,24 @@ def test_build_tiny_refuses_a_non_empty_dir_without_overwrite(tmp_path, capsys) 
         (["--resume", "algo.lr=0.5"], True, False, 0.5),  # an override, not the flag's value
         (["algo.lr=0.5", "--resume"], True, False, 0.5),
         (["--overwrite"], False, True, 1e-6),
+        # overrides on both sides of a flag: all applied, in order (the last one wins)
+        (["algo.lr=0.5", "--overwrite", "algo.lr=0.25"], False, True, 0.25),
+        (["--overwrite", "algo.lr=0.5"], False, True, 0.5),
     ],
 )
 def test_resume_and_overwrite_flags(argv, resume, overwrite, lr) -> None:
     for command in ("train", "sft"):
-        cfg = _load(build_parser().parse_args([command, *argv]))
+        cfg = _load(parse_args([command, *argv]))
         assert (cfg.train.resume, cfg.train.overwrite, cfg.algo.lr) == (resume, overwrite, lr)
 
 
 def test_resume_without_a_checkpoint_is_an_error(tmp_path, capsys) -> None:
     assert main(["train", f"train.output_dir={tmp_path / 'run'}", "--resume"]) == 2
     assert "train.resume=true (--resume): no checkpoint under" in _one_line_error(capsys)
+
+
+def test_a_stray_argument_after_a_flag_is_still_an_error(capsys) -> None:
+    with pytest.raises(SystemExit) as e:
+        parse_args(["train", "algo.lr=0.5", "--overwrite", "stray"])
+    assert e.value.code == 2
+    assert "unrecognized arguments: stray" in capsys.readouterr().err

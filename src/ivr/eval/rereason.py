@@ -115,12 +115,18 @@ def rereason_heldout(
     max_new_tokens: int,
     rounds: int = 3,
     critique_max_new_tokens: int = 64,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """The loop at T = 1 on the first ``limit`` greedy answers of a held-out eval
     (``eval_json``, written by ``evaluate_heldout`` for ``data_dir``'s test split). ``mode``:
     ``image`` or ``description`` (critique + rectify with that context) or ``resample`` (the same
     two generations per round spent on fresh answers to the original prompt). The full result,
-    traces included, goes to ``out_json``; the accuracy curve and generations are returned."""
+    traces included, goes to ``out_json``; the accuracy curve and generations are returned.
+
+    Sampling is seeded (``seed``, the torch RNG of this process, set before the first draw), so
+    a rerun gives the same traces whatever ran in the process before."""
+    import torch
+
     from ..data.dataset import load_samples
     from ..data.images import load_image
     from ..models.policy import Policy
@@ -136,6 +142,7 @@ def rereason_heldout(
     strategy, context = ("resample", "image") if mode == "resample" else ("rectify", mode)
     policy = Policy.from_pretrained(model_dir)
     policy.model.eval()
+    torch.manual_seed(seed)
     res = rereason_responses(
         policy.generate,
         samples,
