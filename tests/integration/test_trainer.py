@@ -174,7 +174,7 @@ def test_rectified_traces_are_trained_on_the_original_prompt(
     assert len(seen) == 2 * 4 and m["loss/off_policy_sequences"] == 4
 
 
-def test_off_policy_grad_share_is_pooled_over_micro_batches(
+def test_loss_metrics_are_pooled_over_micro_batches(
     tmp_path, tiny_qwen25_dir, colour_world, monkeypatch
 ) -> None:
     import ivr.rl.update as trainer_module
@@ -197,6 +197,10 @@ def test_off_policy_grad_share_is_pooled_over_micro_batches(
     mean_of_shares = sum(x["off_policy_grad_share"] for x in micros) / 3
     assert abs(pooled - mean_of_shares) > 1e-3  # the two readings differ on this data
     assert m["loss/off_policy_grad_share"] == pytest.approx(pooled, rel=1e-5)
+    # Token means pool by their token counts: the mean entropy over all 8 rows' tokens.
+    entropy = sum(x["entropy"] * x["tokens"] for x in micros) / sum(x["tokens"] for x in micros)
+    assert abs(entropy - sum(x["entropy"] for x in micros) / 3) > 1e-4  # readings differ here
+    assert m["loss/entropy"] == pytest.approx(entropy, rel=1e-5)
 
 
 def test_self_reward_is_added_after_screening(

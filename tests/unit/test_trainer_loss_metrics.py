@@ -1,9 +1,10 @@
-"""The update's loss metrics: ``loss/off_policy_grad_share`` is pooled exactly over micro-batches.
+"""The update's loss metrics are pooled exactly over micro-batches and ranks.
 
-The trainer splits a minibatch into micro-batches and sums ``policy_loss``'s metrics over them.
-Most are then averaged over micro-batches; the off-policy gradient share, a ratio of two sums, is
-Σ off-policy push / Σ push over every micro-batch (and rank) instead. Every expected value is
-derived by hand in the comment next to it.
+The trainer splits a minibatch into micro-batches and accumulates ``policy_loss``'s metrics over
+them (``accumulate``). The off-policy gradient share, a ratio of two sums, is Σ off-policy push /
+Σ push over every micro-batch (and rank); a token mean such as ``clip_frac`` is Σ mean × count /
+Σ count, the mean over all the update's tokens. Every expected value is derived by hand in the
+comment next to it.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import pytest
 import torch
 
 from ivr.rl import policy_loss
-from ivr.rl.metrics import loss_metrics
+from ivr.rl.metrics import accumulate, loss_metrics
 
 
 def _one_process(*xs: float):
@@ -40,9 +41,11 @@ def _micro(on_adv: float, off_adv: float) -> dict[str, torch.Tensor]:
 
 
 def _summed(*micros: dict[str, torch.Tensor]) -> dict[str, float]:
-    """What ``Trainer.update`` hands ``loss_metrics``: each metric summed over micro-batches."""
-    keys = micros[0]
-    return {k: float(sum(m[k] for m in micros)) for k in keys}
+    """What ``Trainer.update`` hands ``loss_metrics``: the micro-batches ``accumulate``d."""
+    sums: dict[str, torch.Tensor] = {}
+    for m in micros:
+        accumulate(sums, m)
+    return {k: float(v) for k, v in sums.items()}
 
 
 def test_policy_loss_reports_the_shares_numerator_and_denominator() -> None:
@@ -65,10 +68,12 @@ def test_two_micro_batches_with_different_totals_pool_exactly() -> None:
     out = loss_metrics(_summed(a, b), 2, _one_process)
     assert out["loss/off_policy_grad_share"] == pytest.approx(3 / 19, abs=1e-6)
     assert out["loss/off_policy_grad_share"] != pytest.approx(12 / 70, abs=1e-3)
-    # The other metrics stay the mean over micro-batches: off_policy_token_share is 1/2 in both.
+    # Token means pool too: off_policy_token_share is 1/2 in both, so 2/4 pooled.
     assert out["loss/off_policy_token_share"] == pytest.approx(0.5, abs=1e-6)
-    # The sums themselves are not logged.
-    assert "loss/off_policy_grad" not in out and "loss/policy_grad" not in out
+    # The sums and the token counts themselves are not logged.
+    assert not {"loss/off_policy_grad", "loss/policy_grad", "loss/tokens", "loss/on_tokens"} & set(
+        out
+    )
 
 
 def test_pooled_over_ranks_with_one_collective() -> None:
@@ -79,11 +84,12 @@ def test_pooled_over_ranks_with_one_collective() -> None:
 
     def two_ranks(*xs: float):
         calls.append(xs)
-        return tuple(x + y for x, y in zip(xs, (other["off_policy_grad"], other["policy_grad"])))
+        theirs = (other["off_policy_grad"], other["policy_grad"], 1.0)  # + 0 for the rest
+        return tuple(x + (theirs[i] if i < 3 else 0.0) for i, x in enumerate(xs))
 
     out = loss_metrics(_summed(_micro(1.0, 1.0), _micro(3.0, 2.0)), 2, two_ranks)
     assert out["loss/off_policy_grad_share"] == pytest.approx(1 / 9, abs=1e-6)
-    assert len(calls) == 1 and calls[0] == pytest.approx((0.75, 4.75), abs=1e-6)
+    assert len(calls) == 1 and calls[0][:2] == pytest.approx((0.75, 4.75), abs=1e-6)
 
 
 def test_a_rank_without_micro_batches_still_joins_the_collective() -> None:
@@ -93,14 +99,41 @@ def test_a_rank_without_micro_batches_still_joins_the_collective() -> None:
 
     def others(*xs: float):
         calls.append(xs)
-        return (1.0 + xs[0], 4.0 + xs[1])
+        # the others' sums: share 1 / 4; clip_frac 3 clipped of 12 on-policy tokens
+        return (1.0 + xs[0], 4.0 + xs[1], 1.0 + xs[2], 3.0, 12.0, 1.0, *[0.0] * (len(xs) - 6))
 
     out = loss_metrics({}, 0, others)
-    assert calls == [(0.0, 0.0)]
-    assert out == {"loss/off_policy_grad_share": 0.25}
+    assert calls[0][:3] == (0.0, 0.0, 1.0) and not any(calls[0][3:])  # nothing of its own
+    assert out == {"loss/off_policy_grad_share": 0.25, "loss/clip_frac": 0.25}
 
 
 def test_nothing_pushes_gives_zero() -> None:
     # Â = 0 everywhere: no push at all -> share 0 (not NaN), as policy_loss reports it.
     out = loss_metrics(_summed(_micro(0.0, 0.0)), 1, _one_process)
     assert out["loss/off_policy_grad_share"] == 0.0
+
+
+def _clip_micro(ratios: list[float]) -> dict[str, torch.Tensor]:
+    """policy_loss metrics of one on-policy row whose tokens have the given ratios π/π_old,
+    Â = 1, ε = 0.2: a token is clipped when its ratio is above 1.2."""
+    old = torch.zeros(1, len(ratios))
+    logp = torch.log(torch.tensor([ratios]))
+    _, m = policy_loss(logp, old, torch.tensor([1.0]), torch.ones(1, len(ratios)))
+    return m
+
+
+def test_clip_frac_and_ratio_mean_are_means_over_all_on_policy_tokens() -> None:
+    # Micro-batch A: 2 tokens, ratios 1.5 (clipped) and 1.0 -> clip_frac 1/2, ratio_mean 1.25.
+    # Micro-batch B: 6 tokens, all ratio 1.0 -> clip_frac 0, ratio_mean 1.
+    # Over the update's 8 on-policy tokens: 1 clipped -> 1/8 = 0.125 (the mean of the two
+    # micro-batches' shares would say 0.25); ratio_mean (1.5 + 7 × 1) / 8 = 8.5 / 8 = 1.0625.
+    a, b = _clip_micro([1.5, 1.0]), _clip_micro([1.0] * 6)
+    assert (a["clip_frac"].item(), b["clip_frac"].item()) == (0.5, 0.0)
+    assert (a["on_tokens"].item(), b["on_tokens"].item()) == (2.0, 6.0)
+    out = loss_metrics(_summed(a, b), 2, _one_process)
+    assert out["loss/clip_frac"] == pytest.approx(0.125, abs=1e-6)
+    assert out["loss/ratio_mean"] == pytest.approx(1.0625, abs=1e-6)
+    # No off-policy tokens anywhere: their mean is 0 (an empty set), not NaN.
+    assert out["loss/off_policy_prob_mean"] == 0.0
+    # A metric policy_loss did not report (no entropy given) is not logged.
+    assert "loss/entropy" not in out

@@ -323,7 +323,8 @@ def policy_loss(
         share of Σ|∂ℓ/∂log p| over the batch's tokens that falls on off-policy tokens: how much
         of the policy-gradient push rectified traces carry; KL excluded), its numerator and
         denominator ``off_policy_grad`` and ``policy_grad`` (sums, so that a caller splitting a
-        batch into micro-batches can pool the share exactly) and ``entropy`` when given.
+        batch into micro-batches can pool the share exactly), the token counts behind the means
+        ``tokens``, ``on_tokens`` and ``off_tokens`` (same reason), and ``entropy`` when given.
         Means over an empty set of tokens are 0. Per variant: ``clip_frac`` is the share of
         on-policy tokens whose gradient the clip zeroes (GSPO: tokens of clipped sequences; CISPO:
         tokens whose weight was truncated, which keep a gradient; SAPO: 0, it has no hard clip),
@@ -400,6 +401,9 @@ def policy_loss(
             "off_policy_grad_share": _grad_share(off_grad, grad),
             "off_policy_grad": off_grad,
             "policy_grad": grad,
+            "tokens": mask.sum(),
+            "on_tokens": on_mask.sum(),
+            "off_tokens": off_mask.sum(),
         }
         if entropy is not None:
             metrics["entropy"] = _mean(entropy.to(dtype), mask)

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..types import Group
 
-__all__ = ["Timer", "loss_metrics", "nan_components", "reward_metrics", "sample_rows"]
+__all__ = ["Timer", "accumulate", "loss_metrics", "nan_components", "reward_metrics", "sample_rows"]
 
 
 class Timer(dict):
@@ -36,31 +36,64 @@ _POOLED_RATIOS: dict[str, tuple[str, str]] = {
     "off_policy_grad_share": ("off_policy_grad", "policy_grad"),
 }
 
+#: ``policy_loss`` metrics that are means over a set of tokens: name -> the count of that set
+#: (also a ``policy_loss`` metric). ``accumulate`` sums mean × count, ``loss_metrics`` divides by
+#: Σ count: the mean over every token of the update, however it was split into micro-batches.
+_TOKEN_MEANS: dict[str, str] = {
+    "clip_frac": "on_tokens",
+    "ratio_mean": "on_tokens",
+    "is_weight_mean": "on_tokens",
+    "kl": "tokens",
+    "entropy": "tokens",
+    "off_policy_token_share": "tokens",
+    "entropy_masked_share": "tokens",
+    "off_policy_prob_mean": "off_tokens",
+}
+_COUNTS = frozenset(_TOKEN_MEANS.values())
+
+
+def accumulate(sums: dict[str, Any], metrics: dict[str, Any]) -> None:
+    """Add one micro-batch's ``policy_loss`` metrics to ``sums`` in place: token means weighted
+    by their token count (``_TOKEN_MEANS``), everything else as it is."""
+    for k, v in metrics.items():
+        count = metrics.get(_TOKEN_MEANS.get(k, ""))
+        sums[k] = sums.get(k, 0.0) + (v * count if count is not None else v)
+
 
 def loss_metrics(
     sums: dict[str, float], count: int, global_sum: Callable[..., Any]
 ) -> dict[str, float]:
-    """The update's ``loss/*`` metrics from the sums of ``policy_loss``'s metrics over its
-    ``count`` micro-batches (this rank's).
+    """The update's ``loss/*`` metrics from ``accumulate``'s sums over its ``count``
+    micro-batches (this rank's), pooled over ranks with one collective (``global_sum``, which
+    every rank makes whatever its data).
 
-    Most are the mean over micro-batches of each micro-batch's value (``Trainer._reduce`` then
-    averages the ranks). A ratio in ``_POOLED_RATIOS`` is exact instead: Σ numerator / Σ
-    denominator over every micro-batch of the update on every rank (``global_sum``, one
-    collective, which every rank makes whatever its data), 0 when the denominator is 0. The mean
-    of the micro-batches' ratios would weigh a micro-batch that barely pushes like one that
-    pushes hard.
+    - A token mean (``_TOKEN_MEANS``: ``clip_frac``, ``ratio_mean``, ``kl``, ``entropy``, …) is
+      Σ mean × count / Σ count over every micro-batch on every rank: the share of all on-policy
+      tokens clipped, not the mean of the micro-batches' shares (which would weigh a 2-token
+      micro-batch like a 2,000-token one). TRL and verl log the mean of the shares.
+    - A ratio in ``_POOLED_RATIOS`` is Σ numerator / Σ denominator likewise: the mean of the
+      micro-batches' ratios would weigh a micro-batch that barely pushes like one that pushes
+      hard.
+    - The rest (``loss``) is the mean over micro-batches (``Trainer._reduce`` averages ranks).
+
+    0 when a denominator is 0; a metric no rank reported is left out.
     """
     sums = dict(sums)
-    pairs = []
+    slots: list[float] = []
     for name, (num, den) in _POOLED_RATIOS.items():
         sums.pop(name, None)
-        pairs += [sums.pop(num, 0.0), sums.pop(den, 0.0)]
+        slots += [sums.pop(num, 0.0), sums.pop(den, 0.0), 1.0]
+    counts = {c: sums.pop(c, 0.0) for c in _COUNTS}
+    for name, c in _TOKEN_MEANS.items():
+        present = name in sums
+        slots += [sums.pop(name, 0.0), counts[c] if present else 0.0, float(present)]
     out = {f"loss/{k}": v / max(count, 1) for k, v in sums.items()}
-    pooled = global_sum(*pairs)
+    pooled = global_sum(*slots)
     pooled = list(pooled) if isinstance(pooled, (tuple, list)) else [pooled]
-    for i, name in enumerate(_POOLED_RATIOS):
-        num, den = pooled[2 * i], pooled[2 * i + 1]
-        out[f"loss/{name}"] = num / den if den > 0 else 0.0
+    for i, name in enumerate([*_POOLED_RATIOS, *_TOKEN_MEANS]):
+        num, den, present = pooled[3 * i : 3 * i + 3]
+        if present > 0:
+            out[f"loss/{name}"] = num / den if den > 0 else 0.0
     return out
 
 

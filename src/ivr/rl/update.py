@@ -41,7 +41,7 @@ from . import sharding
 from .entropy import top_entropy_mask
 from .importance import mismatch_weights
 from .losses import policy_loss
-from .metrics import loss_metrics
+from .metrics import accumulate, loss_metrics
 
 if TYPE_CHECKING:
     from .trainer import Trainer
@@ -98,8 +98,7 @@ def update(
                 m = _micro_step(
                     tr, rows, micro, advantages, ref_lp, is_w, temp, total_tokens, total_seqs
                 )
-                for k, v in m.items():
-                    sums[k] = sums.get(k, 0.0) + v
+                accumulate(sums, m)
                 count += 1
             if tr.sharded:  # FSDP reduce-scatters in the backward itself
                 tr.comm.drop_unused_grads(tr.model)
