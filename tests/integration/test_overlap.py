@@ -10,6 +10,8 @@ import json
 import torch
 from tiny_runs import cfg_for, first_token_probs, kill_at_step, preferred_token_trainer
 
+from ivr.data.images import load_image
+from ivr.data.prompts import PromptSet, question_prompt
 from ivr.models.policy import Policy
 from ivr.rl.trainer import Trainer
 from ivr.rollout import HFBackend
@@ -153,13 +155,28 @@ def test_ivr_under_overlap_rectifies_with_the_live_model(
     live_calls = []
     inner_generate = trainer.rollout.inner.generate
 
+    snapshots = []
+
     def counted(prompts, **kw):
         live_calls.append(trainer.rollout.version)
+        snapshots.append(trainer.rollout.snapshot)
         return inner_generate(prompts, **kw)
 
     trainer.rollout.inner.generate = counted
+    # The live policy has sampled before (an eval, say): it holds its memos when the snapshot is
+    # copied from it.
+    s = colour_world[0]
+    trainer.policy.generate(
+        [question_prompt(s, [load_image(s.images[0])], PromptSet())], max_new_tokens=2
+    )
     m = trainer.train()
     assert m["rollout/prefetched"] == 1.0 and m["rollout/staleness"] == 1.0
     assert m["ivr/failed"] == 8 and m["ivr/critiqued"] == 4  # random weights: every answer fails
     # step 1: its batch + critique/rectify rounds at v = 0; step 2: only those rounds, at v = 1
     assert live_calls[0] == 0 and 1 in live_calls and live_calls.count(1) >= 2
+    # The snapshot samples in another thread: it has its own image-feature and prompt-KV memos
+    # (sharing the live policy's would mix the two models' caches across threads).
+    live, snap = trainer.policy.__dict__, next(x for x in snapshots if x is not None).__dict__
+    assert live.get("_prompt_kv") is not None and live.get("_vision_memo") is not None
+    assert snap["_prompt_kv"] is not live["_prompt_kv"]
+    assert snap["_vision_memo"] is not live["_vision_memo"]

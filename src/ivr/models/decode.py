@@ -36,6 +36,7 @@ from transformers import (
 from transformers.cache_utils import DynamicLayer
 
 from ivr.models.kv_cache import cache_kwarg, output_cache
+from ivr.models.prompt_cache import PromptKV
 from ivr.types import Generation, Prompt
 
 if TYPE_CHECKING:
@@ -145,8 +146,10 @@ def generate(
         if seed is not None:  # a private generator: the same draws as torch.manual_seed(seed),
             # and thread-safe (fork_rng swaps the process-wide state; rollout/overlap.py)
             recorder.generator = torch.Generator(policy.device).manual_seed(seed)
-        images = [im for p in prompts for im in p.images]
-        new, logprobs = decode(policy, batch, rope_index, recorder, copies, max_new_tokens, images)
+        row_images = [tuple(p.images) for p in prompts]
+        new, logprobs = decode(
+            policy, batch, rope_index, recorder, copies, max_new_tokens, row_images
+        )
     else:
         sampling = {"temperature": 1.0, "top_k": 0, "top_p": 1.0} if not greedy else {}
         config = GenerationConfig(  # temperature/top-k/top-p are applied by the recorder
@@ -185,7 +188,7 @@ def decode(
     recorder: _SamplingProcessor,
     copies: int,
     max_new_tokens: int,
-    images: Sequence[Any] = (),
+    row_images: Sequence[tuple[Any, ...]] = (),
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sampling loop for 3-D rope (Qwen-VL) models: each prompt is prefilled ONCE, images
     included (each distinct image encoded once, ``prefill``), and its KV cache gathered for its
@@ -199,16 +202,14 @@ def decode(
     log π_T of each, 0 after eos), N = prompts × copies, rows of a prompt adjacent.
     """
     dev = policy.device
-    positions, out = prefill(policy, batch, rope_index, images)
+    positions, out, prompt_mask = prefill(policy, batch, rope_index, row_images)
     cache, cache_kw = output_cache(out), cache_kwarg(policy.model)  # cache= from 5.24 on
     rows = torch.arange(batch["input_ids"].shape[0], device=dev).repeat_interleave(copies)
     if copies > 1:
         cache.batch_select_indices(rows)
     logits = out.logits[rows, -1]
-    n, P = len(rows), batch["input_ids"].shape[1]
-    mask = torch.cat(
-        [batch["attention_mask"][rows], batch["attention_mask"].new_ones(n, max_new_tokens)], 1
-    )
+    n, P = len(rows), prompt_mask.shape[1]  # P: the prompt cache's width
+    mask = torch.cat([prompt_mask[rows], prompt_mask.new_ones(n, max_new_tokens)], 1)
     start = (positions.amax(dim=(0, 2)) + 1)[rows]  # [N] position of the first new token
     eos = torch.tensor(policy.eos_token_ids, device=dev)
     tokens = torch.full((n, max_new_tokens), policy.pad_token_id, dtype=torch.long, device=dev)
@@ -341,23 +342,37 @@ def to_generation(policy: Policy, ids: torch.Tensor, logprobs: torch.Tensor) -> 
 
 
 def prefill(
-    policy: Policy, batch: BatchFeature, rope_index: Any, images: Sequence[Any] = ()
-) -> tuple[torch.Tensor, Any]:
+    policy: Policy,
+    batch: BatchFeature,
+    rope_index: Any,
+    row_images: Sequence[tuple[Any, ...]] = (),
+) -> tuple[torch.Tensor, Any, torch.Tensor]:
     """Run each prompt once (vision tower included) with the 3-D rope positions the model
-    itself would compute, keeping the KV cache: → (positions [3, U, P], model output).
+    itself would compute, keeping the KV cache: → (positions [3, U, P], model output, [U, W]
+    attention mask of its prompt cache).
 
-    ``images`` (the prompts' images in batch order; sampling only, under ``no_grad``): each
-    distinct image is encoded once and its features kept for the next calls while the vision
-    weights are unchanged (``VisionMemo``: IVR's critique and rectify prompts of a step carry
-    the same images, round after round)."""
+    ``row_images`` (each prompt's images; sampling only, under ``no_grad``) turns on two reuses
+    across calls while the weights are unchanged — IVR's critique and rectify prompts of a step
+    carry the same images and begin alike, round after round:
+
+    - ``PromptKV``: a prompt that extends one of the previous call's (same image objects) runs
+      only its new tokens on top of that prompt's KV cache (the mask then has W ≠ P);
+    - ``VisionMemo``: otherwise each distinct image is encoded once and its features kept."""
     positions, _ = rope_index(
         batch["input_ids"],
         mm_token_type_ids=batch["mm_token_type_ids"],
         image_grid_thw=batch["image_grid_thw"],
         attention_mask=batch["attention_mask"],
     )
+    sampling = bool(row_images) and not torch.is_grad_enabled()
+    kv = PromptKV.of(policy) if sampling else None
+    if kv is not None and (hit := kv.prefill(policy, batch, positions, row_images)) is not None:
+        out, mask, slots = hit
+        kv.keep(policy, batch, out, row_images, slots)
+        return positions, out, mask
+    images = [im for ims in row_images for im in ims]
     inputs = dict(batch)
-    memo = VisionMemo.of(policy) if images and not torch.is_grad_enabled() else None
+    memo = VisionMemo.of(policy) if images and sampling else None
     if (
         memo is not None
         and "pixel_values" in inputs
@@ -367,9 +382,10 @@ def prefill(
         if features is not None:
             del inputs["pixel_values"]
             inputs["mm_encoder_outputs"] = {"image": features}
-    return positions, policy.model(
-        **inputs, position_ids=positions, use_cache=True, logits_to_keep=1
-    )
+    out = policy.model(**inputs, position_ids=positions, use_cache=True, logits_to_keep=1)
+    if kv is not None:
+        kv.keep(policy, batch, out, row_images)
+    return positions, out, batch["attention_mask"]
 
 
 class VisionMemo:
@@ -413,7 +429,7 @@ class VisionMemo:
         visual = getattr(getattr(base, "model", base), "visual", None)
         if visual is None:
             return None
-        version = tuple(p._version for p in visual.parameters())
+        version = (id(visual), *(p._version for p in visual.parameters()))
         if version != self.version:
             self.version, self.entries = version, {}
         sizes = grid.prod(-1).tolist()

@@ -117,6 +117,12 @@ class Policy:
     # (``decode.VisionMemo``): IVR's critique and rectify prompts of a step reuse them round
     # after round. Needs ``share_image_features``.
     reuse_vision_features: bool = True
+    # Sampling runs a prompt that extends one of the previous call's prompts (same images) only
+    # from where they differ, on that prompt's KV cache (``prompt_cache.PromptKV``): IVR's rectify
+    # prompt repeats its critique prompt's image, question and answer. Needs
+    # ``share_image_features``. The numbers agree with a full prefill to float summation order
+    # (~1e-6 in log-probabilities), not bitwise: set it False for bitwise-repeatable calls.
+    reuse_prompt_kv: bool = True
 
     def __init__(self, model: torch.nn.Module, processor: Any):
         if not hasattr(processor, "tokenizer") or not hasattr(processor, "image_processor"):
@@ -215,6 +221,16 @@ class Policy:
         """Tokens that sampling can never emit and that the scored distribution excludes: the
         image/video/vision special tokens (and pad when pad is not an eos token)."""
         return self._suppressed
+
+    def release_sampling_caches(self) -> None:
+        """Drop the prompt KV kept between sampling calls (``PromptKV``): the trainer calls it
+        before an update, which would invalidate it anyway, so it never shares memory with the
+        training activations."""
+        from .prompt_cache import PromptKV
+
+        kv = self.__dict__.get("_prompt_kv")
+        if isinstance(kv, PromptKV):
+            kv.release()
 
     # ---------------------------------------------------------------- encode
     def encode(

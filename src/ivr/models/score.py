@@ -176,7 +176,7 @@ def shared_prefix_logits(
        position (+1, +2, …), which is what the model's own full-sequence rope index gives
        to text after the last image. The prompt's last logit predicts completion token 0.
     """
-    positions, out_p = prefill(policy, batch, rope_index)
+    positions, out_p, _ = prefill(policy, batch, rope_index)
     cache = output_cache(out_p)
     cache.batch_select_indices(inv)
     T = comp.shape[1]

@@ -62,6 +62,7 @@ def update(
     """
     cfg, a = tr.cfg, tr.cfg.algo
     tr._dirty = True
+    tr.policy.release_sampling_caches()  # stale after this update; frees the memory now
     rows = [(prompts[r.sample_index], r) for g in groups for r in g.rollouts]
     n = len(rows)
     mb = a.minibatch_size or max(n, 1)

@@ -221,6 +221,8 @@ class OverlapRollout:
         live = self.trainer.policy
         if self.snapshot is None:
             snap = copy.copy(live)
+            for memo in ("_vision_memo", "_prompt_kv"):  # its own, not the live policy's
+                snap.__dict__.pop(memo, None)  # (two threads would share them, or mix models)
             snap.model = copy.deepcopy(live.model).requires_grad_(False).eval()
             snap.processor = copy.deepcopy(live.processor)  # HF tokenizers are not thread-safe
             self.snapshot = snap
