@@ -201,6 +201,9 @@ def test_loss_metrics_are_pooled_over_micro_batches(
     entropy = sum(x["entropy"] * x["tokens"] for x in micros) / sum(x["tokens"] for x in micros)
     assert abs(entropy - sum(x["entropy"] for x in micros) / 3) > 1e-4  # readings differ here
     assert m["loss/entropy"] == pytest.approx(entropy, rel=1e-5)
+    # The loss logged is the minibatch loss optimised: micro-batch losses weighed by their tokens.
+    loss = sum(x["loss"] * x["tokens"] for x in micros) / sum(x["tokens"] for x in micros)
+    assert m["loss/loss"] == pytest.approx(loss, rel=1e-5, abs=1e-7)
 
 
 def test_self_reward_is_added_after_screening(

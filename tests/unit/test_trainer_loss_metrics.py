@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from ivr.rl import policy_loss
-from ivr.rl.metrics import accumulate, loss_metrics
+from ivr.rl.metrics import _POOLED_RATIOS, _TOKEN_MEANS, accumulate, loss_metrics
 
 
 def _one_process(*xs: float):
@@ -97,12 +97,19 @@ def test_a_rank_without_micro_batches_still_joins_the_collective() -> None:
     # share is the others': 1 / 4 = 0.25.
     calls = []
 
+    # the others' sums, by metric (3 slots each: numerator, denominator, reported):
+    # share 1 / 4; clip_frac 3 clipped of 12 on-policy tokens; nothing else reported
+    theirs = {"off_policy_grad_share": (1.0, 4.0, 1.0), "clip_frac": (3.0, 12.0, 1.0)}
+    names = [*_POOLED_RATIOS, *_TOKEN_MEANS]
+
     def others(*xs: float):
         calls.append(xs)
-        # the others' sums: share 1 / 4; clip_frac 3 clipped of 12 on-policy tokens
-        return (1.0 + xs[0], 4.0 + xs[1], 1.0 + xs[2], 3.0, 12.0, 1.0, *[0.0] * (len(xs) - 6))
+        return tuple(
+            x + theirs.get(names[i // 3], (0.0, 0.0, 0.0))[i % 3] for i, x in enumerate(xs)
+        )
 
     out = loss_metrics({}, 0, others)
+    assert len(calls[0]) == 3 * len(names)
     assert calls[0][:3] == (0.0, 0.0, 1.0) and not any(calls[0][3:])  # nothing of its own
     assert out == {"loss/off_policy_grad_share": 0.25, "loss/clip_frac": 0.25}
 
@@ -137,3 +144,14 @@ def test_clip_frac_and_ratio_mean_are_means_over_all_on_policy_tokens() -> None:
     assert out["loss/off_policy_prob_mean"] == 0.0
     # A metric policy_loss did not report (no entropy given) is not logged.
     assert "loss/entropy" not in out
+
+
+def test_the_logged_loss_is_the_minibatch_loss_that_was_optimised() -> None:
+    # Micro-batch A: loss 2.0 over 2 tokens; B: loss -1.0 over 6 tokens (token aggregation: the
+    # backward weighs them 2/8 and 6/8). Logged: (2 × 2 + 6 × -1) / 8 = -2 / 8 = -0.25, not the
+    # mean of the two, 0.5.
+    a = {"loss": torch.tensor(2.0), "loss_weight": torch.tensor(2.0)}
+    b = {"loss": torch.tensor(-1.0), "loss_weight": torch.tensor(6.0)}
+    out = loss_metrics(_summed(a, b), 2, _one_process)
+    assert out["loss/loss"] == pytest.approx(-0.25, abs=1e-6)
+    assert "loss/loss_weight" not in out

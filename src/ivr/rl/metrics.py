@@ -39,7 +39,10 @@ _POOLED_RATIOS: dict[str, tuple[str, str]] = {
 #: ``policy_loss`` metrics that are means over a set of tokens: name -> the count of that set
 #: (also a ``policy_loss`` metric). ``accumulate`` sums mean × count, ``loss_metrics`` divides by
 #: Σ count: the mean over every token of the update, however it was split into micro-batches.
+#: ``loss`` is weighted by what the trainer weighs each micro-batch's loss by in the backward
+#: (``loss_weight``: its tokens, or its sequences), so it is the minibatch loss that was optimised.
 _TOKEN_MEANS: dict[str, str] = {
+    "loss": "loss_weight",
     "clip_frac": "on_tokens",
     "ratio_mean": "on_tokens",
     "is_weight_mean": "on_tokens",
@@ -74,7 +77,8 @@ def loss_metrics(
     - A ratio in ``_POOLED_RATIOS`` is Σ numerator / Σ denominator likewise: the mean of the
       micro-batches' ratios would weigh a micro-batch that barely pushes like one that pushes
       hard.
-    - The rest (``loss``) is the mean over micro-batches (``Trainer._reduce`` averages ranks).
+    - ``loss`` likewise, weighted as the backward weighs the micro-batches: the loss optimised.
+    - The rest, if any, is the mean over micro-batches (``Trainer._reduce`` averages ranks).
 
     0 when a denominator is 0; a metric no rank reported is left out.
     """

@@ -179,9 +179,11 @@ def _micro_step(
         m["entropy_masked_share"] = 1.0 - m.pop("entropy_mask_share")
     # Re-weight the micro-batch mean into the minibatch-wide (all-rank) normalisation.
     if a.aggregation == "token":  # token count from the host: no device sync
-        weight = sum(len(rows[i][1].token_ids) for i in micro) / max(total_tokens, 1)
+        count, total = sum(len(rows[i][1].token_ids) for i in micro), total_tokens
     else:
-        weight = len(micro) / max(total_seqs, 1)
+        count, total = len(micro), total_seqs
+    weight = count / max(total, 1)
+    m["loss_weight"] = loss.new_tensor(float(count)).detach()  # loss/loss pools by it
     (loss * weight).backward()
     return m
 
