@@ -59,10 +59,7 @@ def test_dropping_finished_rows_changes_nothing(policy, prompts, monkeypatch, kw
             )  # float32: batch shape changes the sums
 
 
-def test_vision_features_reused_until_the_weights_change(policy, prompts, monkeypatch):
-    # The image-feature memo alone (the prompt-KV memo would skip the tower for these repeated
-    # prompts altogether: tests/integration/test_prompt_cache.py)
-    monkeypatch.setattr(policy, "reuse_prompt_kv", False)
+def test_vision_features_reused_until_the_weights_change(policy, prompts):
     memo = decode.VisionMemo.of(policy)
     assert memo is not None
     first = _run(policy, prompts, temperature=0)

@@ -6,9 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 from PIL import Image
+from tiny_runs import cfg_for
 
 from ivr.data.prompts import PromptSet, user_prompt
 from ivr.models.policy import Policy
+from ivr.rl.trainer import Trainer
 
 PROMPTS = PromptSet()
 ANSWERS = ["it is red", "blue maybe so", "I think it is green and big"]
@@ -121,3 +123,27 @@ def test_no_reuse_across_a_weight_change_or_for_other_images(tiny_qwen25_dir) ->
     # Released before an update: nothing held.
     policy.release_sampling_caches()
     assert kv.kept is None
+
+
+def test_off_by_default_on_where_the_loop_runs(tmp_path, tiny_qwen25_dir, colour_world) -> None:
+    """A plain ``Policy.generate`` holds nothing between calls; the trainer keeps and reuses the
+    prompt KV only when the re-reasoning loop runs (``ivr.enabled``), and a step's loop does
+    reuse it, the cache released before the update."""
+    assert Policy.reuse_prompt_kv is False
+    grpo = Trainer(cfg_for(tmp_path / "g", tiny_qwen25_dir), samples=colour_world)
+    assert grpo.policy.reuse_prompt_kv is False
+    cfg = cfg_for(
+        tmp_path / "i",
+        tiny_qwen25_dir,
+        "ivr.enabled=true",
+        "ivr.rounds=2",
+        "ivr.critique_max_new_tokens=4",
+        "train.steps=1",
+        "train.save_every=0",
+    )
+    ivr = Trainer(cfg, samples=colour_world)
+    assert ivr.policy.reuse_prompt_kv is True
+    m = ivr.train()
+    assert m["ivr/critiqued"] > 0  # random weights: every answer fails, the loop runs
+    kv = _kv(ivr.policy)
+    assert kv.reused_tokens > 0 and kv.kept is None  # used, then released before the update

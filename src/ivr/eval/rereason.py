@@ -89,17 +89,24 @@ def rereason_benchmark(
         raise ValueError(f"{bdir / PREDICTIONS}: no graded text predictions to re-reason from")
     samples = [it.to_sample() for it in items]
     images = [tuple(it.load_images()) for it in items]
-    res = rereason_responses(
-        policy.generate,
-        samples,
-        images,
-        [preds[it.id]["response"] for it in items],
-        rounds=rounds,
-        context=context,
-        max_new_tokens=max_new_tokens,
-        critique_max_new_tokens=max_new_tokens,
-        prompts=prompts,
-    )
+    reuse = getattr(policy, "reuse_prompt_kv", None)  # a Policy: the loop's calls extend each
+    if reuse is not None:  # other's prompts (models/prompt_cache.py)
+        policy.reuse_prompt_kv = True
+    try:
+        res = rereason_responses(
+            policy.generate,
+            samples,
+            images,
+            [preds[it.id]["response"] for it in items],
+            rounds=rounds,
+            context=context,
+            max_new_tokens=max_new_tokens,
+            critique_max_new_tokens=max_new_tokens,
+            prompts=prompts,
+        )
+    finally:
+        if reuse is not None:
+            policy.reuse_prompt_kv = reuse
     (bdir / f"rereason_{context}.json").write_text(json.dumps(res, indent=1))
     return res
 
@@ -142,6 +149,7 @@ def rereason_heldout(
     strategy, context = ("resample", "image") if mode == "resample" else ("rectify", mode)
     policy = Policy.from_pretrained(model_dir)
     policy.model.eval()
+    policy.reuse_prompt_kv = True  # the loop's calls extend each other (models/prompt_cache.py)
     torch.manual_seed(seed)
     res = rereason_responses(
         policy.generate,

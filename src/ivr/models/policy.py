@@ -120,9 +120,11 @@ class Policy:
     # Sampling runs a prompt that extends one of the previous call's prompts (same images) only
     # from where they differ, on that prompt's KV cache (``prompt_cache.PromptKV``): IVR's rectify
     # prompt repeats its critique prompt's image, question and answer. Needs
-    # ``share_image_features``. The numbers agree with a full prefill to float summation order
-    # (~1e-6 in log-probabilities), not bitwise: set it False for bitwise-repeatable calls.
-    reuse_prompt_kv: bool = True
+    # ``share_image_features``. Off by default — it holds the last call's prompt KV between calls
+    # (memory) and agrees with a full prefill to float summation order (~1e-6 in
+    # log-probabilities), not bitwise; the trainer turns it on when the loop runs
+    # (``ivr.enabled``), and so does test-time re-reasoning.
+    reuse_prompt_kv: bool = False
 
     def __init__(self, model: torch.nn.Module, processor: Any):
         if not hasattr(processor, "tokenizer") or not hasattr(processor, "image_processor"):

@@ -58,9 +58,11 @@ class _Kept:
 class PromptKV:
     """The last sampling call's prompt KV, reused by the next call's prompts that extend it.
 
-    Attached to a ``Policy`` (``PromptKV.of``) when ``Policy.reuse_prompt_kv`` and
+    Attached to a ``Policy`` (``PromptKV.of``) when ``Policy.reuse_prompt_kv`` (off by default;
+    on in the trainer when ``ivr.enabled``, and in test-time re-reasoning) and
     ``Policy.share_image_features`` are on. ``release`` drops what it holds (the trainer calls it
     before the update, so the cache never sits in memory next to the training activations).
+    What it holds costs one prompt cache: the previous call's prompts' KV.
     """
 
     def __init__(self) -> None:
