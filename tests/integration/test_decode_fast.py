@@ -104,3 +104,24 @@ def test_preallocated_cache_and_native_gqa_change_nothing(policy, prompts, monke
         torch.testing.assert_close(
             a[0][1], b[0][1], atol=2e-5, rtol=0
         )  # float32: batch shape changes the sums
+
+
+@pytest.mark.parametrize("padded", [True, False], ids=["ragged-prompts", "equal-prompts"])
+def test_direct_one_token_forward_is_the_full_forward(policy, prompts, monkeypatch, padded):
+    """The decode step on the text model and head directly (4-D mask of the one query, or none
+    without padding) gives bit-for-bit the full model forward's tokens and log π."""
+    rows = prompts if padded else [prompts[0]] * 3  # one prompt length: no row is padded
+    kw = dict(temperature=1.0, num_return_sequences=3, seed=5)
+    calls = []
+    real = decode._one_token_forward
+    monkeypatch.setattr(
+        decode, "_one_token_forward", lambda p, padded: calls.append(padded) or real(p, padded)
+    )
+    direct = _run(policy, rows, **kw)
+    monkeypatch.setattr(decode, "DIRECT_STEP", False)
+    full = _run(policy, rows, **kw)
+    assert calls == [padded, padded]
+    for a, b in zip(direct, full):
+        for (ids_a, lp_a), (ids_b, lp_b) in zip(a, b):
+            assert ids_a == ids_b
+            assert torch.equal(lp_a, lp_b)

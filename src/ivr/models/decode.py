@@ -203,7 +203,7 @@ def decode(
     """
     dev = policy.device
     positions, out, prompt_mask = prefill(policy, batch, rope_index, row_images)
-    cache, cache_kw = output_cache(out), cache_kwarg(policy.model)  # cache= from 5.24 on
+    cache = output_cache(out)  # (cache= from transformers 5.24 on: kv_cache.py)
     rows = torch.arange(batch["input_ids"].shape[0], device=dev).repeat_interleave(copies)
     if copies > 1:
         cache.batch_select_indices(rows)
@@ -215,6 +215,7 @@ def decode(
     tokens = torch.full((n, max_new_tokens), policy.pad_token_id, dtype=torch.long, device=dev)
     logprobs = torch.zeros(n, max_new_tokens, device=dev)
     cache = _preallocated(cache, max_new_tokens)
+    step = _one_token_forward(policy, padded=not bool(prompt_mask.all()))
     live = torch.arange(n, device=dev)  # the rows in the decode batch (cache, logits, mask)
     running = torch.ones(n, dtype=torch.bool, device=dev)  # per live row: no eos yet
     steps = 0
@@ -239,16 +240,66 @@ def decode(
             live, running, token = live[keep], running[keep], token[keep]
         pos = (start[live] + t).view(1, len(live), 1).expand(positions.shape[0], len(live), 1)
         with _masked_gqa(dev):
-            out = policy.model(
-                input_ids=token[:, None],
-                attention_mask=mask[live, : P + t + 1],
-                position_ids=pos,
-                **{cache_kw: cache},
-                use_cache=True,
-                logits_to_keep=1,
-            )
-        logits = out.logits[:, -1]
+            logits = step(token[:, None], mask[live, : P + t + 1], pos, cache)
     return tokens[:, :steps], logprobs[:, :steps]
+
+
+#: ``decode`` runs its one-token forwards on the text model and the LM head directly where it can
+#: (``_one_token_forward``); False: always through the full model's forward.
+DIRECT_STEP = True
+
+
+def _one_token_forward(policy: Policy, padded: bool) -> Any:
+    """The decode step's forward: (ids [n, 1], 2-D mask [n, L], 3-D rope positions, cache) →
+    [n, V] logits of the new position.
+
+    A step of a 3-D rope VLM has no pixels and its own positions, so the outer model's forward
+    would only embed the token, hand over to the text model and apply the head — through several
+    layers of wrappers, and with the 4-D attention mask rebuilt from the 2-D one every step.
+    Where the model is the plain (or PEFT-wrapped) HF layout (``model.language_model``,
+    ``lm_head``), SDPA attention and not FSDP-sharded, this calls the text model and the head
+    directly, with the 4-D boolean mask of the one query (a view of the padding mask: a single
+    last query attends to every earlier key, so causality adds nothing), or no mask when no row
+    is padded (what transformers passes SDPA then). Same arithmetic, same logits (tested)."""
+    model = policy.model
+    cache_kw = cache_kwarg(model)
+
+    def full(ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, cache: Any) -> Any:
+        out = model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=pos,
+            **{cache_kw: cache},
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        return out.logits[:, -1]
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    text = getattr(getattr(base, "model", None), "language_model", None)
+    head = getattr(base, "lm_head", None)
+    attn = getattr(getattr(base, "config", None), "_attn_implementation", None)
+    if (
+        not DIRECT_STEP
+        or text is None
+        or head is None
+        or attn != "sdpa"
+        or hasattr(base, "unshard")
+    ):
+        return full
+    text_kw = cache_kwarg(text)
+
+    def direct(ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, cache: Any) -> Any:
+        hidden = text(
+            input_ids=ids,
+            attention_mask=mask[:, None, None, :].bool() if padded else None,
+            position_ids=pos,
+            **{text_kw: cache},
+            use_cache=True,
+        )[0]
+        return head(hidden[:, -1])
+
+    return direct
 
 
 def _fingerprint(px: torch.Tensor) -> tuple[torch.Size, torch.Tensor, torch.Tensor]:
