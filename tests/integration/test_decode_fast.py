@@ -115,13 +115,24 @@ def test_direct_one_token_forward_is_the_full_forward(policy, prompts, monkeypat
     calls = []
     real = decode._one_token_forward
     monkeypatch.setattr(
-        decode, "_one_token_forward", lambda p, padded: calls.append(padded) or real(p, padded)
+        decode,
+        "_one_token_forward",
+        lambda p, padded, **kw: calls.append((padded, kw)) or real(p, padded, **kw),
     )
+    assert real(policy, padded).__name__ == "direct"  # these models take the direct path
     direct = _run(policy, rows, **kw)
     monkeypatch.setattr(decode, "DIRECT_STEP", False)
+    assert real(policy, padded).__name__ == "full"
     full = _run(policy, rows, **kw)
-    assert calls == [padded, padded]
+    assert calls == [(padded, {"plain_cache": True})] * 2  # preallocated full-attention cache
     for a, b in zip(direct, full):
         for (ids_a, lp_a), (ids_b, lp_b) in zip(a, b):
             assert ids_a == ids_b
             assert torch.equal(lp_a, lp_b)
+
+
+def test_direct_step_only_on_plain_full_attention_caches(policy) -> None:
+    """A sliding-window (or any other non-plain) cache layer keeps the full forward, which
+    builds the window's mask itself."""
+    assert decode._one_token_forward(policy, True, plain_cache=True).__name__ == "direct"
+    assert decode._one_token_forward(policy, True, plain_cache=False).__name__ == "full"

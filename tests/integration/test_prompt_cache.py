@@ -82,6 +82,13 @@ def test_rectify_after_critique_reuses_the_shared_prefix_and_samples_the_same(mo
     for a, b in zip(*greedy):
         assert a[0].token_ids == b[0].token_ids
         assert a[0].logprobs == pytest.approx(b[0].logprobs, abs=1e-5)
+    # Chained: the critiques again, now from a cache that was itself built by reuse (a prefix
+    # region and a suffix region, pads in the middle): still the same tokens.
+    again = [p.generate(critiques(images), max_new_tokens=8, temperature=0) for p in (on, off)]
+    assert _kv(on).reused_tokens - before > sum(shared)
+    for a, b in zip(*again):
+        assert a[0].token_ids == b[0].token_ids
+        assert a[0].logprobs == pytest.approx(b[0].logprobs, abs=1e-5)
     # Seeded sampling, 3 samples per prompt: the same draws (the prefix KV was computed in
     # another batch; float order only).
     sampled = [

@@ -155,3 +155,10 @@ def test_the_logged_loss_is_the_minibatch_loss_that_was_optimised() -> None:
     out = loss_metrics(_summed(a, b), 2, _one_process)
     assert out["loss/loss"] == pytest.approx(-0.25, abs=1e-6)
     assert "loss/loss_weight" not in out
+
+
+def test_a_mean_without_its_count_falls_back_to_the_micro_batch_mean() -> None:
+    # Two micro-batches' losses 2.0 and -1.0 summed by a caller that kept no loss_weight:
+    # nothing to pool by, so the mean over the 2 micro-batches, (2 - 1) / 2 = 0.5 (not 0).
+    out = loss_metrics({"loss": 1.0}, 2, _one_process)
+    assert out["loss/loss"] == pytest.approx(0.5)

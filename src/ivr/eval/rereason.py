@@ -106,6 +106,7 @@ def rereason_benchmark(
         )
     finally:
         if reuse is not None:
+            policy.release_sampling_caches()
             policy.reuse_prompt_kv = reuse
     (bdir / f"rereason_{context}.json").write_text(json.dumps(res, indent=1))
     return res

@@ -215,7 +215,8 @@ def decode(
     tokens = torch.full((n, max_new_tokens), policy.pad_token_id, dtype=torch.long, device=dev)
     logprobs = torch.zeros(n, max_new_tokens, device=dev)
     cache = _preallocated(cache, max_new_tokens)
-    step = _one_token_forward(policy, padded=not bool(prompt_mask.all()))
+    plain = all(type(layer) is _GrowLayer for layer in getattr(cache, "layers", [None]))
+    step = _one_token_forward(policy, padded=not bool(prompt_mask.all()), plain_cache=plain)
     live = torch.arange(n, device=dev)  # the rows in the decode batch (cache, logits, mask)
     running = torch.ones(n, dtype=torch.bool, device=dev)  # per live row: no eos yet
     steps = 0
@@ -249,7 +250,7 @@ def decode(
 DIRECT_STEP = True
 
 
-def _one_token_forward(policy: Policy, padded: bool) -> Any:
+def _one_token_forward(policy: Policy, padded: bool, plain_cache: bool = True) -> Any:
     """The decode step's forward: (ids [n, 1], 2-D mask [n, L], 3-D rope positions, cache) →
     [n, V] logits of the new position.
 
@@ -257,7 +258,9 @@ def _one_token_forward(policy: Policy, padded: bool) -> Any:
     would only embed the token, hand over to the text model and apply the head — through several
     layers of wrappers, and with the 4-D attention mask rebuilt from the 2-D one every step.
     Where the model is the plain (or PEFT-wrapped) HF layout (``model.language_model``,
-    ``lm_head``), SDPA attention and not FSDP-sharded, this calls the text model and the head
+    ``lm_head``), SDPA attention, not FSDP-sharded, and every cache layer a plain full-attention
+    one (``plain_cache``; not a sliding window, whose mask transformers builds itself and whose
+    cache is shorter than the sequence), this calls the text model and the head
     directly, with the 4-D boolean mask of the one query (a view of the padding mask: a single
     last query attends to every earlier key, so causality adds nothing), or no mask when no row
     is padded (what transformers passes SDPA then). Same arithmetic, same logits (tested)."""
@@ -279,13 +282,10 @@ def _one_token_forward(policy: Policy, padded: bool) -> Any:
     text = getattr(getattr(base, "model", None), "language_model", None)
     head = getattr(base, "lm_head", None)
     attn = getattr(getattr(base, "config", None), "_attn_implementation", None)
-    if (
-        not DIRECT_STEP
-        or text is None
-        or head is None
-        or attn != "sdpa"
-        or hasattr(base, "unshard")
-    ):
+    sliding = getattr(text, "has_sliding_layers", False) or not plain_cache
+    if not DIRECT_STEP or text is None or head is None or attn != "sdpa" or sliding:
+        return full
+    if hasattr(base, "unshard"):  # FSDP2-sharded: the root unit's hooks must run
         return full
     text_kw = cache_kwarg(text)
 

@@ -137,10 +137,13 @@ class PromptKV:
             idx[u, lp - n :] = kept.slots[v][:n]
             idx[u, : lp - n] = kept.slots[v][0]
         src = torch.tensor([v for v, _ in match], device=dev)[:, None]
-        layers = [
-            (k[src, :, idx].permute(0, 2, 1, 3), val[src, :, idx].permute(0, 2, 1, 3))
-            for k, val in kept.layers
-        ]
+        cache = DynamicCache(  # (copies the gathered prefix: free the old call's KV now)
+            [
+                (k[src, :, idx].permute(0, 2, 1, 3), val[src, :, idx].permute(0, 2, 1, 3))
+                for k, val in kept.layers
+            ]
+        )
+        self.kept = kept = None
         cols = torch.arange(max(lp, ls), device=dev)[None]
         pre_t, suf_t = (
             torch.tensor(pre, device=dev)[:, None],
@@ -153,7 +156,7 @@ class PromptKV:
             input_ids=suffix,
             attention_mask=mask,
             position_ids=positions[:, :, -ls:],
-            **{cache_kwarg(policy.model): DynamicCache(layers)},
+            **{cache_kwarg(policy.model): cache},
             use_cache=True,
             logits_to_keep=1,
         )

@@ -80,17 +80,19 @@ def loss_metrics(
     - ``loss`` likewise, weighted as the backward weighs the micro-batches: the loss optimised.
     - The rest, if any, is the mean over micro-batches (``Trainer._reduce`` averages ranks).
 
-    0 when a denominator is 0; a metric no rank reported is left out.
+    0 when a denominator is 0; a metric no rank reported is left out; a token mean reported
+    without its count (a caller that did not ``accumulate``) falls back to the micro-batch mean.
     """
     sums = dict(sums)
     slots: list[float] = []
     for name, (num, den) in _POOLED_RATIOS.items():
         sums.pop(name, None)
         slots += [sums.pop(num, 0.0), sums.pop(den, 0.0), 1.0]
-    counts = {c: sums.pop(c, 0.0) for c in _COUNTS}
+    counts = {c: sums.pop(c) for c in _COUNTS if c in sums}
     for name, c in _TOKEN_MEANS.items():
-        present = name in sums
-        slots += [sums.pop(name, 0.0), counts[c] if present else 0.0, float(present)]
+        present = name in sums and c in counts  # without its count: the mean of the micro-batches
+        num = sums.pop(name) if present else 0.0
+        slots += [num, counts[c] if present else 0.0, float(present)]
     out = {f"loss/{k}": v / max(count, 1) for k, v in sums.items()}
     pooled = global_sum(*slots)
     pooled = list(pooled) if isinstance(pooled, (tuple, list)) else [pooled]

@@ -223,6 +223,7 @@ class OverlapRollout:
             snap = copy.copy(live)
             for memo in ("_vision_memo", "_prompt_kv"):  # its own, not the live policy's
                 snap.__dict__.pop(memo, None)  # (two threads would share them, or mix models)
+            snap.reuse_prompt_kv = False  # one call per step on new images: nothing to reuse
             snap.model = copy.deepcopy(live.model).requires_grad_(False).eval()
             snap.processor = copy.deepcopy(live.processor)  # HF tokenizers are not thread-safe
             self.snapshot = snap
