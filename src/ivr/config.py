@@ -77,6 +77,9 @@ class RolloutConfig:
     is_correction: str = "auto"  # auto | none | tis | mis
     is_cap: float = 2.0  # C: TIS truncates the ratio at C, MIS drops tokens above it
     is_level: str = "token"  # token | sequence (the product of the row's token ratios)
+    # the re-reasoning loop's calls reuse the previous call's prompt KV where prompts share a
+    # prefix (HF backend; models/prompt_cache.py): false saves one prompt cache of memory
+    reuse_prompt_kv: bool = True
     vllm_gpu_memory_utilization: float = 0.3  # vLLM's share of the GPU (its weights + KV cache)
     vllm_max_model_len: int | None = None  # prompt + completion tokens; None = the model's
     vllm_sleep_mode: bool = False  # offload vLLM's weights and drop its KV cache between calls

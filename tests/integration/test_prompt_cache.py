@@ -139,15 +139,16 @@ def test_off_by_default_on_where_the_loop_runs(tmp_path, tiny_qwen25_dir, colour
     assert Policy.reuse_prompt_kv is False
     grpo = Trainer(cfg_for(tmp_path / "g", tiny_qwen25_dir), samples=colour_world)
     assert grpo.policy.reuse_prompt_kv is False
-    cfg = cfg_for(
-        tmp_path / "i",
-        tiny_qwen25_dir,
+    loop = (
         "ivr.enabled=true",
         "ivr.rounds=2",
         "ivr.critique_max_new_tokens=4",
         "train.steps=1",
         "train.save_every=0",
     )
+    off = cfg_for(tmp_path / "o", tiny_qwen25_dir, *loop, "rollout.reuse_prompt_kv=false")
+    assert Trainer(off, samples=colour_world).policy.reuse_prompt_kv is False  # the config knob
+    cfg = cfg_for(tmp_path / "i", tiny_qwen25_dir, *loop)
     ivr = Trainer(cfg, samples=colour_world)
     assert ivr.policy.reuse_prompt_kv is True
     m = ivr.train()

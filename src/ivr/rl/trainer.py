@@ -98,7 +98,7 @@ class Trainer:
             ckpt.clear_run(self.out)
         self.policy = policy if policy is not None else self._load_policy(resume_from)
         # The loop's calls extend each other's prompts: keep and reuse their KV between calls
-        self.policy.reuse_prompt_kv = cfg.ivr.enabled  # (models/prompt_cache.py)
+        self.policy.reuse_prompt_kv = cfg.ivr.enabled and cfg.rollout.reuse_prompt_kv
         self.model = self.policy.model
         self.samples = list(samples) if samples is not None else training.load_train_samples(cfg)
         self.ref = training.load_reference(cfg, self.policy) if cfg.algo.beta > 0 else None
