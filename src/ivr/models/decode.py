@@ -416,27 +416,28 @@ def prefill(
         attention_mask=batch["attention_mask"],
     )
     sampling = bool(row_images) and not torch.is_grad_enabled()
-    kv = PromptKV.of(policy) if sampling else None
-    if kv is not None and (hit := kv.prefill(policy, batch, positions, row_images)) is not None:
-        out, mask, slots = hit
-        kv.keep(policy, batch, out, row_images, slots)
-        return positions, out, mask
     images = [im for ims in row_images for im in ims]
-    inputs = dict(batch)
-    memo = VisionMemo.of(policy) if images and sampling else None
-    if (
-        memo is not None
-        and "pixel_values" in inputs
-        and len(images) == len(batch["image_grid_thw"])
-    ):
-        features = memo.features(policy, images, inputs["pixel_values"], batch["image_grid_thw"])
-        if features is not None:
-            del inputs["pixel_values"]
-            inputs["mm_encoder_outputs"] = {"image": features}
-    out = policy.model(**inputs, position_ids=positions, use_cache=True, logits_to_keep=1)
-    if kv is not None:
-        kv.keep(policy, batch, out, row_images)
-    return positions, out, batch["attention_mask"]
+
+    def full() -> Any:
+        inputs = dict(batch)
+        memo = VisionMemo.of(policy) if images and sampling else None
+        if (
+            memo is not None
+            and "pixel_values" in inputs
+            and len(images) == len(batch["image_grid_thw"])
+        ):
+            pixels, grid = inputs["pixel_values"], batch["image_grid_thw"]
+            features = memo.features(policy, images, pixels, grid)
+            if features is not None:
+                del inputs["pixel_values"]
+                inputs["mm_encoder_outputs"] = {"image": features}
+        return policy.model(**inputs, position_ids=positions, use_cache=True, logits_to_keep=1)
+
+    kv = PromptKV.of(policy) if sampling else None
+    if kv is None:
+        return positions, full(), batch["attention_mask"]
+    out, mask = kv.prefill(policy, batch, positions, row_images, full)
+    return positions, out, mask
 
 
 class VisionMemo:

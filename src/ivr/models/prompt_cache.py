@@ -26,7 +26,7 @@ Layout of a reused prompt cache, row u with prefix length L_u and suffix length 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -87,25 +87,44 @@ class PromptKV:
         """The model object and its parameters' in-place version counters."""
         return (id(policy.model), *(p._version for p in policy.model.parameters()))
 
-    # ------------------------------------------------------------------ reuse
+    # ------------------------------------------------------------------ prefill
     def prefill(
         self,
         policy: Policy,
         batch: BatchFeature,
         positions: torch.Tensor,
         row_images: Sequence[tuple[Any, ...]],
-    ) -> tuple[Any, torch.Tensor, list[torch.Tensor]] | None:
-        """The prompts' prefill from the kept prefixes: → (model output with the prompt cache,
-        [U, W] attention mask of that cache, per row the cache positions of its tokens), or None
-        when some row cannot reuse (run the full prefill then). ``positions`` [3, U, P]: the
-        batch's 3-D rope positions."""
+        full: Callable[[], Any],
+    ) -> tuple[Any, torch.Tensor]:
+        """The prompts' prefill → (model output with the prompt cache, [U, W] attention mask of
+        that cache): from the kept prefixes when every row extends a kept prompt, else ``full()``
+        (the plain prefill; mask = the batch's). Either way this call's prompt cache is kept for
+        the next call. ``positions`` [3, U, P]: the batch's 3-D rope positions."""
         ids, version = _row_ids(batch), self._weights(policy)
         self.prompt_tokens += sum(len(x) for x in ids)
+        match = self._match(batch, ids, version, row_images)
+        if match is None:
+            self.kept = None  # not held through the full prefill
+            out, mask, slots = full(), batch["attention_mask"], None
+        else:
+            out, mask, slots = self._run(policy, batch, positions, ids, match)
+        self._keep(batch, out, ids, version, row_images, slots)
+        return out, mask
+
+    def _match(
+        self,
+        batch: BatchFeature,
+        ids: list[torch.Tensor],
+        version: tuple[int, ...],
+        row_images: Sequence[tuple[Any, ...]],
+    ) -> list[tuple[int, int]] | None:
+        """Per row, (kept row, prefix length) of its longest common prefix with a kept prompt
+        showing the same images; None when some row has none covering its images."""
         kept = self.kept
         if kept is None or version != self.version or len(row_images) != len(ids):
             return None
         vision_end = _vision_end(batch)
-        match: list[tuple[int, int]] = []  # per row: (kept row, prefix length)
+        match: list[tuple[int, int]] = []
         for u, row in enumerate(ids):
             best = (-1, 0)
             for v in kept.by_images.get(tuple(map(id, row_images[u])), ()):
@@ -116,7 +135,7 @@ class PromptKV:
             if best[0] < 0 or n < max(vision_end[u], 1):
                 return None
             match.append((best[0], n))
-        return self._run(policy, batch, positions, ids, match)
+        return match
 
     def _run(
         self,
@@ -126,6 +145,8 @@ class PromptKV:
         ids: list[torch.Tensor],
         match: list[tuple[int, int]],
     ) -> tuple[Any, torch.Tensor, list[torch.Tensor]]:
+        """Only the suffixes through the model, on the gathered prefix KV: → (output, mask, per
+        row the cache positions of its tokens)."""
         kept, dev = self.kept, batch["input_ids"].device
         assert kept is not None
         pre = [n for _, n in match]
@@ -172,22 +193,20 @@ class PromptKV:
         ]
         return out, mask, slots
 
-    # ------------------------------------------------------------------- keep
-    def keep(
+    def _keep(
         self,
-        policy: Policy,
         batch: BatchFeature,
         out: Any,
+        ids: list[torch.Tensor],
+        version: tuple[int, ...],
         row_images: Sequence[tuple[Any, ...]],
-        slots: list[torch.Tensor] | None = None,
+        slots: list[torch.Tensor] | None,
     ) -> None:
         """Remember this call's prompt cache (``out``'s, straight after the prefill) for the
         next call; ``slots``: where each row's tokens are, when the prefill reused a prefix (else
         the tail of a left-padded row). A cache with any other kind of layer than a plain
         ``DynamicLayer`` (sliding window, quantised) is not kept."""
-        cache = output_cache(out)
-        layers = getattr(cache, "layers", None)
-        ids = _row_ids(batch)
+        layers = getattr(output_cache(out), "layers", None)
         if (
             not layers
             or any(type(x) is not DynamicLayer for x in layers)
@@ -203,7 +222,7 @@ class PromptKV:
         by_images: dict[tuple[int, ...], list[int]] = {}
         for u, ims in enumerate(images):
             by_images.setdefault(tuple(map(id, ims)), []).append(u)
-        self.version = self._weights(policy)
+        self.version = version  # (a no-grad forward leaves the weights' versions as they were)
         self.kept = _Kept(ids, images, slots, [(x.keys, x.values) for x in layers], by_images)
 
 
